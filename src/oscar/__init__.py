@@ -1,0 +1,23 @@
+"""OSCAR: one-step diffusion image codec across multiple bit-rates.
+
+The public API is imported lazily so that ``import oscar`` (and ``oscar --help``) stays fast::
+
+    from oscar import OscarCodec
+    codec = OscarCodec.from_pretrained()
+    data = codec.compress("photo.png", level=7)
+    image = codec.decompress(data)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["EncodedImage", "OscarCodec", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("OscarCodec", "EncodedImage"):
+        from oscar import codec
+
+        return getattr(codec, name)
+    raise AttributeError(f"module 'oscar' has no attribute {name!r}")

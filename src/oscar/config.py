@@ -1,0 +1,233 @@
+"""Model architecture configuration: dataclasses, validated, JSON in and out.
+
+One JSON file describes a whole model (``configs/tiny.json``, ``configs/small.json``,
+``configs/sd21.json``)::
+
+    {
+      "name": "tiny",
+      "vae": {...},          # diffusers AutoencoderKL config, used as is
+      "unet": {...},         # diffusers UNet2DConditionModel config, used as is
+      "scheduler": {...},    # diffusers scheduler config: beta schedule and prediction_type
+      "hyper": {"hidden_channels": 192, "feature_channels": 320, "codebook_dim": 32},
+      "prompt_length": 77,
+      "levels": [{"level": 0, "grid_factor": 64, "codebook_size": 256, "timestep": 500}, ...],
+      "lora": null           # or {"rank": 16, "alpha": 8, "target_modules": [...]}
+    }
+
+Unknown keys are an error everywhere: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from oscar.errors import ConfigError
+from oscar.rates import DEFAULT_LADDER, VAE_FACTOR, RateLevel, validate_ladder
+
+
+def _check_keys(kind: str, data: dict[str, Any], allowed: set[str], required: set[str]) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown {kind} field(s): {', '.join(unknown)}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"missing {kind} field(s): {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class HyperConfig:
+    """Widths of the per-level hyper-coders (method.md §3; the original: N=192, M=320, d=32)."""
+
+    hidden_channels: int = 192
+    feature_channels: int = 320
+    codebook_dim: int = 32
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 2:
+                raise ConfigError(f"hyper.{f.name} must be an integer >= 2, got {value!r}")
+        for name in ("hidden_channels", "feature_channels"):
+            if getattr(self, name) % 2:
+                raise ConfigError(f"hyper.{name} must be even (bottleneck blocks halve it)")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HyperConfig:
+        names = {f.name for f in fields(cls)}
+        _check_keys("hyper", data, names, set())
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA on the UNet (peft). ``None`` in a config means the UNet itself is trained."""
+
+    rank: int = 16
+    alpha: float = 8.0
+    target_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank must be >= 1, got {self.rank}")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules must name at least one module")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoraSettings:
+        _check_keys("lora", data, {"rank", "alpha", "target_modules"}, {"target_modules"})
+        data = dict(data)
+        data["target_modules"] = tuple(data["target_modules"])
+        return cls(**data)
+
+
+_LEVEL_KEYS = {"level", "grid_factor", "codebook_size", "timestep", "cosine"}
+
+
+def level_from_dict(data: dict[str, Any]) -> RateLevel:
+    _check_keys("level", data, _LEVEL_KEYS, {"level", "grid_factor", "codebook_size", "timestep"})
+    return RateLevel(**data)
+
+
+def level_to_dict(level: RateLevel) -> dict[str, Any]:
+    return asdict(level)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build an OSCAR model with random weights.
+
+    ``vae``, ``unet`` and ``scheduler`` are diffusers configs passed to the diffusers classes
+    unchanged. ``base_model`` names a local diffusers folder whose ``vae/``, ``unet/`` and
+    ``scheduler/`` replace the model directory's own (used for Stable Diffusion 2.1).
+    """
+
+    name: str
+    vae: dict[str, Any]
+    unet: dict[str, Any]
+    scheduler: dict[str, Any]
+    hyper: HyperConfig = field(default_factory=HyperConfig)
+    prompt_length: int = 77
+    levels: tuple[RateLevel, ...] = DEFAULT_LADDER
+    lora: LoraSettings | None = None
+    base_model: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_ladder(self.levels)
+        if self.prompt_length < 1:
+            raise ConfigError(f"prompt_length must be >= 1, got {self.prompt_length}")
+        latent = self.vae.get("latent_channels", 4)
+        if latent != 4:
+            # File format v1 carries exactly four channel norms (docs/format.md).
+            raise ConfigError(f"vae.latent_channels must be 4 for format v1, got {latent}")
+        for key in ("in_channels", "out_channels"):
+            if self.unet.get(key, 4) != latent:
+                raise ConfigError(f"unet.{key} must equal vae.latent_channels ({latent})")
+        prediction = self.scheduler.get("prediction_type", "epsilon")
+        if prediction not in ("epsilon", "v_prediction", "sample"):
+            raise ConfigError(f"unsupported scheduler.prediction_type {prediction!r}")
+
+    # ----------------------------------------------------------------------------- access
+    def level(self, level: int) -> RateLevel:
+        for lv in self.levels:
+            if lv.level == level:
+                return lv
+        known = ", ".join(str(lv.level) for lv in self.levels)
+        raise ConfigError(f"level {level} is not in this model's rate table (levels: {known})")
+
+    @property
+    def level_numbers(self) -> tuple[int, ...]:
+        return tuple(lv.level for lv in self.levels)
+
+    @property
+    def cross_attention_dim(self) -> int:
+        dim = self.unet.get("cross_attention_dim", 1280)
+        if isinstance(dim, (list, tuple)):
+            raise ConfigError("per-block cross_attention_dim is not supported")
+        return int(dim)
+
+    @property
+    def unet_downsample(self) -> int:
+        """Latent downsampling inside the UNet: 2 ** (number of down blocks − 1)."""
+        return 2 ** (len(self.unet.get("down_block_types", ())) - 1)
+
+    @property
+    def pad_multiple(self) -> int:
+        """Images are padded to a multiple of this: every level's grid factor and the UNet's
+        downsampling divide it (64 for the default ladder), so one latent serves all levels."""
+        return math.lcm(*(lv.grid_factor for lv in self.levels), VAE_FACTOR * self.unet_downsample)
+
+    def token_grid(self, height: int, width: int, level: int) -> tuple[int, int]:
+        """Token grid (h, w) of ``level`` for an original image size."""
+        m = self.pad_multiple
+        return self.level(level).token_grid(-(-height // m) * m, -(-width // m) * m)
+
+    # ----------------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "vae": self.vae,
+            "unet": self.unet,
+            "scheduler": self.scheduler,
+            "hyper": asdict(self.hyper),
+            "prompt_length": self.prompt_length,
+            "levels": [level_to_dict(lv) for lv in self.levels],
+            "lora": None
+            if self.lora is None
+            else {
+                "rank": self.lora.rank,
+                "alpha": self.lora.alpha,
+                "target_modules": list(self.lora.target_modules),
+            },
+            "base_model": self.base_model,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        allowed = {f.name for f in fields(cls)}
+        _check_keys("model config", data, allowed, {"name", "vae", "unet", "scheduler"})
+        data = dict(data)
+        for key in ("vae", "unet", "scheduler"):
+            if not isinstance(data[key], dict):
+                raise ConfigError(f"{key} must be a JSON object")
+        if "hyper" in data:
+            data["hyper"] = HyperConfig.from_dict(data["hyper"])
+        if "levels" in data:
+            if not isinstance(data["levels"], list):
+                raise ConfigError("levels must be a list")
+            data["levels"] = tuple(level_from_dict(d) for d in data["levels"])
+        if data.get("lora") is not None:
+            data["lora"] = LoraSettings.from_dict(data["lora"])
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a wrong value type reaching a dataclass check
+            raise ConfigError(f"invalid model config: {exc}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    def replace_levels(self, levels: tuple[RateLevel, ...]) -> ModelConfig:
+        from dataclasses import replace
+
+        return replace(self, levels=tuple(sorted(levels, key=lambda lv: lv.level)))
