@@ -1,0 +1,1 @@
+"""Networks: the hyper-coder, the quantiser, the schedule maths and the composed OSCAR model."""

@@ -1,0 +1,134 @@
+"""The OSCAR model: a diffusers VAE and UNet, one hyper-coder per level, a learned prompt.
+
+::
+
+    x (B,3,H,W) in [-1,1] ─VAE enc (mean)·s─► y (B,4,H/8,W/8) ─g_a, VQ─► indices (B,H/f,W/f)
+    indices ─codebook, g_s─► y_tilde ─rescale to sent RMS─► z_t
+            ─UNet(z_t, t_L, prompt)─► y_hat (one-step x0) ─/s, VAE dec─► x_hat (B,3,H,W)
+
+s is the VAE's ``scaling_factor``. The model never pads or crops: the codec does that
+(``oscar.codec``), so every tensor here has sides divisible by the level's grid factor and by the
+UNet's downsampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+
+from oscar.config import ModelConfig
+from oscar.models.hyper import HyperCoder
+from oscar.models.norms import channel_rms, dequantize_rms, quantize_rms, rescale_channels
+from oscar.models.schedule import NoiseSchedule, x0_estimate
+from oscar.rates import RateLevel
+
+
+@dataclass(frozen=True)
+class OscarOutput:
+    """Everything a training step needs from one forward pass (shapes as in the module doc)."""
+
+    x_hat: torch.Tensor
+    y: torch.Tensor
+    y_tilde: torch.Tensor
+    z_t: torch.Tensor
+    y_hat: torch.Tensor
+    indices: torch.Tensor
+    commitment_loss: torch.Tensor
+
+
+class OscarModel(nn.Module):
+    """OSCAR's networks and the per-level maths; no I/O, no padding, no bytes."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        vae: AutoencoderKL | None = None,
+        unet: UNet2DConditionModel | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.vae = vae if vae is not None else AutoencoderKL.from_config(config.vae)
+        self.unet = unet if unet is not None else UNet2DConditionModel.from_config(config.unet)
+        self.schedule = NoiseSchedule.from_config(config.scheduler)
+        latent_channels = self.vae.config.latent_channels
+        self.hyper = nn.ModuleDict(
+            {str(lv.level): HyperCoder(lv, config.hyper, latent_channels) for lv in config.levels}
+        )
+        # The learned "prompt" (method.md §1): no text, one tensor shared by every level.
+        self.prompt_embedding = nn.Parameter(
+            torch.randn(config.prompt_length, config.cross_attention_dim) * 0.02
+        )
+
+    # ------------------------------------------------------------------------ properties
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def levels(self) -> tuple[RateLevel, ...]:
+        return self.config.levels
+
+    def rate(self, level: int) -> RateLevel:
+        return self.config.level(level)
+
+    def hyper_coder(self, level: int) -> HyperCoder:
+        self.config.level(level)  # clear error for an unknown level
+        return self.hyper[str(level)]
+
+    # ------------------------------------------------------------------------ stages
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B,3,H,W) in [-1,1] → scaled latent y (B,4,H/8,W/8): the posterior mean, no draw."""
+        moments = self.vae.encode(x).latent_dist
+        return moments.mean * self.scaling_factor
+
+    def decode_latent(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """Scaled latent (B,4,h,w) → image (B,3,8h,8w), clamped to [-1, 1]."""
+        return self.vae.decode(y_hat / self.scaling_factor).sample.clamp(-1, 1)
+
+    def side_info(self, y: torch.Tensor) -> torch.Tensor:
+        """The per-channel RMS codes (B, 4) uint8 that the file carries."""
+        return quantize_rms(channel_rms(y))
+
+    def to_noisy_latent(self, y_tilde: torch.Tensor, rms_codes: torch.Tensor) -> torch.Tensor:
+        """Rescale y_tilde to the transmitted channel RMS: z_t, read as a noisy latent at t_L."""
+        return rescale_channels(y_tilde, dequantize_rms(rms_codes))
+
+    def prompt(self, batch: int) -> torch.Tensor:
+        return self.prompt_embedding.unsqueeze(0).expand(batch, -1, -1)
+
+    def unet_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """One UNet pass at per-sample timesteps (B,) int64."""
+        prompt = self.prompt(z_t.shape[0]).to(z_t.dtype)
+        return self.unet(z_t, timesteps, encoder_hidden_states=prompt).sample
+
+    def denoise(self, z_t: torch.Tensor, timestep: int) -> torch.Tensor:
+        """One-step x0 estimate y_hat from z_t at pseudo-timestep ``timestep``."""
+        t = torch.full((z_t.shape[0],), timestep, dtype=torch.long, device=z_t.device)
+        out = self.unet_output(z_t, t)
+        return x0_estimate(
+            out, z_t, self.schedule.alpha_bar(timestep), self.schedule.prediction_type
+        )
+
+    # ------------------------------------------------------------------------ whole paths
+    def decode_indices(
+        self, indices: torch.Tensor, rms_codes: torch.Tensor, level: int
+    ) -> torch.Tensor:
+        """indices (B,h,w) + RMS codes (B,4) → x_hat (B,3,8h',8w') in [-1,1] (padded size)."""
+        y_tilde = self.hyper_coder(level).decode(indices)
+        z_t = self.to_noisy_latent(y_tilde, rms_codes)
+        y_hat = self.denoise(z_t, self.rate(level).timestep)
+        return self.decode_latent(y_hat)
+
+    def forward(self, x: torch.Tensor, level: int) -> OscarOutput:
+        """Training/analysis pass with straight-through quantisation (same value as coding)."""
+        y = self.encode_latent(x)
+        hyper = self.hyper_coder(level)(y)
+        z_t = self.to_noisy_latent(hyper.y_tilde, self.side_info(y))
+        y_hat = self.denoise(z_t, self.rate(level).timestep)
+        x_hat = self.decode_latent(y_hat)
+        return OscarOutput(
+            x_hat, y, hyper.y_tilde, z_t, y_hat, hyper.indices, hyper.commitment_loss
+        )
