@@ -1,0 +1,284 @@
+"""OscarCodec: images to bytes and back. The only module that knows the whole pipeline.
+
+::
+
+    compress:   image ─policy─► x ─pad─► x_pad ─VAE─► y ─g_a, VQ─► indices ─coder─► payload
+                                                    └─► RMS codes (side info) ─┐
+                header(level, coder, fingerprint, size, side info) + payload + CRC ─► bytes
+    decompress: bytes ─parse, check─► indices ─g_s─► y_tilde ─rescale─► z_t ─UNet─► y_hat
+                ─VAE─► x_hat ─crop─► image
+
+Every image is padded to the model's ``pad_multiple`` (the least common multiple of all grid
+factors and the UNet's downsampling, 64 for the default ladder) so that the latent is computed
+once for all levels (``compress_to_budget``) and the decoder derives the token grid from the
+original size alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from oscar import bitstream
+from oscar.bitstream import Container, Header, Limits
+from oscar.device import resolve_device
+from oscar.entropy import FixedLengthCoder, IndexCoder, PriorCoder, make_coder
+from oscar.errors import (
+    ConfigError,
+    FingerprintMismatchError,
+    ImageError,
+    MalformedError,
+    OscarError,
+)
+from oscar.io import (
+    SourceImage,
+    crop,
+    grey_from_rgb,
+    image_to_tensor,
+    load_image,
+    pad,
+    tensor_to_image,
+    to_rgb,
+)
+from oscar.pretrained import LoadedModel, load_model, resolve_model_dir
+from oscar.rates import RateLevel
+
+CoderChoice = Literal["auto", "entropy", "fixed"]
+ImageLike = Image.Image | np.ndarray | SourceImage | str | Path
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """What a file carries, as a typed record (the ``encode``/``decode`` API).
+
+    Attributes:
+        level: rate level.
+        height, width: original image size.
+        indices: (h, w) int64 token indices for the padded image.
+        rms_codes: (4,) uint8 quantised channel RMS of the latent (side info).
+        grey: the source was greyscale; decoding returns one channel.
+    """
+
+    level: int
+    height: int
+    width: int
+    indices: np.ndarray
+    rms_codes: np.ndarray
+    grey: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    """Outcome of :meth:`OscarCodec.compress_to_budget`."""
+
+    data: bytes
+    level: int
+    tried: tuple[tuple[int, int], ...]  # (level, bytes) for each level tried, highest rate first
+
+
+class NoLevelFitsError(OscarError):
+    """Even the lowest level's file is larger than the byte budget."""
+
+
+class OscarCodec:
+    """Compress and decompress images with one OSCAR model.
+
+    Example::
+
+        codec = OscarCodec.from_pretrained()          # the embedded model
+        data = codec.compress("photo.png", level=3)
+        image = codec.decompress(data)                 # (H, W, 3) uint8
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: torch.device | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = device or next(self.model.parameters()).device
+        self.model.to(self.device)
+        self.limits = limits or Limits()
+        self.pad_multiple = self.model.config.pad_multiple
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path | None = None,
+        device: str = "auto",
+        base_model: str | Path | None = None,
+        limits: Limits | None = None,
+    ) -> OscarCodec:
+        """Load a model directory (default: the embedded model) onto a device."""
+        dev = resolve_device(device)
+        loaded = load_model(resolve_model_dir(model_dir), base_model=base_model, device=dev)
+        return cls(loaded, device=dev, limits=limits)
+
+    # ------------------------------------------------------------------------ properties
+    @property
+    def levels(self) -> tuple[RateLevel, ...]:
+        return self.model.levels
+
+    @property
+    def fingerprint(self) -> bytes:
+        return self.loaded.short_fingerprint
+
+    def rate(self, level: int) -> RateLevel:
+        return self.model.rate(level)
+
+    def token_grid(self, height: int, width: int, level: int) -> tuple[int, int]:
+        return self.model.config.token_grid(height, width, level)
+
+    # ------------------------------------------------------------------------ encoding
+    def prepare_image(self, image: ImageLike) -> SourceImage:
+        """Apply the input policy (files are read with the pixel limit)."""
+        if isinstance(image, SourceImage):
+            return image
+        if isinstance(image, (str, Path)):
+            return load_image(image, max_pixels=self.limits.max_pixels)
+        source = to_rgb(image)
+        if source.height * source.width > self.limits.max_pixels:
+            raise ImageError(
+                f"image of {source.height}x{source.width} exceeds {self.limits.max_pixels} pixels"
+            )
+        if max(source.height, source.width) > bitstream.MAX_SIDE:
+            raise ImageError(f"image sides must be at most {bitstream.MAX_SIDE} pixels")
+        return source
+
+    @torch.inference_mode()
+    def encode_latent(self, source: SourceImage) -> tuple[torch.Tensor, np.ndarray]:
+        """Padded scaled latent y (1, 4, H/8, W/8) and its RMS codes (4,)."""
+        x = image_to_tensor(source.rgb).to(self.device, next(self.model.parameters()).dtype)
+        y = self.model.encode_latent(pad(x, self.pad_multiple))
+        codes = self.model.side_info(y)[0].cpu().numpy()
+        return y, codes
+
+    @torch.inference_mode()
+    def hyper_encode(self, y: torch.Tensor, level: int) -> np.ndarray:
+        return self.model.hyper_coder(level).encode(y)[0].cpu().numpy().astype(np.int64)
+
+    def encode(self, image: ImageLike, level: int) -> EncodedImage:
+        """Image → typed record (indices and side info), no bytes."""
+        self.rate(level)
+        source = self.prepare_image(image)
+        y, codes = self.encode_latent(source)
+        return EncodedImage(
+            level, source.height, source.width, self.hyper_encode(y, level), codes, source.grey
+        )
+
+    def _coder(self, coder: CoderChoice | int) -> list[IndexCoder]:
+        """The coders to try for a choice; the smallest output wins."""
+        priors = self.loaded.priors
+        if coder == "fixed":
+            return [FixedLengthCoder()]
+        if coder == "entropy":
+            if priors is None:
+                raise ConfigError(
+                    "this model has no entropy priors; run `oscar fit-priors` or use --coder fixed"
+                )
+            return [PriorCoder(priors)]
+        if coder == "auto":
+            return [FixedLengthCoder()] + ([PriorCoder(priors)] if priors is not None else [])
+        raise ConfigError(f"unknown coder {coder!r}: use auto, entropy or fixed")
+
+    def pack(self, encoded: EncodedImage, coder: CoderChoice = "auto") -> bytes:
+        """Typed record → file bytes. ``auto`` writes whichever coder gives fewer bytes."""
+        rate = self.rate(encoded.level)
+        best: tuple[int, bytes] | None = None
+        for candidate in self._coder(coder):
+            payload = candidate.encode(encoded.indices, rate)
+            if best is None or len(payload) < len(best[1]):
+                best = (candidate.coder_id, payload)
+        assert best is not None
+        header = Header(
+            level=encoded.level,
+            coder_id=best[0],
+            fingerprint=self.fingerprint,
+            height=encoded.height,
+            width=encoded.width,
+            side_info=bytes(np.asarray(encoded.rms_codes, dtype=np.uint8).tolist()),
+            grey=encoded.grey,
+        )
+        return bitstream.write(header, best[1])
+
+    def compress(self, image: ImageLike, level: int, coder: CoderChoice = "auto") -> bytes:
+        """Image → file bytes at ``level``. Deterministic: same image, same bytes."""
+        return self.pack(self.encode(image, level), coder)
+
+    def compress_to_budget(
+        self, image: ImageLike, max_bytes: int, coder: CoderChoice = "auto"
+    ) -> BudgetResult:
+        """The highest-rate level whose file fits in ``max_bytes`` (latent encoded once)."""
+        source = self.prepare_image(image)
+        y, codes = self.encode_latent(source)
+        tried = []
+        for rate in sorted(self.levels, key=lambda lv: lv.nominal_bpp, reverse=True):
+            encoded = EncodedImage(
+                rate.level,
+                source.height,
+                source.width,
+                self.hyper_encode(y, rate.level),
+                codes,
+                source.grey,
+            )
+            data = self.pack(encoded, coder)
+            tried.append((rate.level, len(data)))
+            if len(data) <= max_bytes:
+                return BudgetResult(data, rate.level, tuple(tried))
+        smallest = min(size for _, size in tried)
+        raise NoLevelFitsError(
+            f"no level fits in {max_bytes} bytes; the smallest file would be {smallest} bytes"
+        )
+
+    # ------------------------------------------------------------------------ decoding
+    def parse(self, data: bytes) -> Container:
+        """Parse and check a file against this model (limits, fingerprint, level)."""
+        container = bitstream.read(data, self.limits)
+        header = container.header
+        if header.fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(
+                f"file was made with model {header.fingerprint.hex()}, "
+                f"this model is {self.fingerprint.hex()}"
+            )
+        if header.level not in self.model.config.level_numbers:
+            raise MalformedError(f"level {header.level} is not in this model's rate table")
+        return container
+
+    def unpack(self, data: bytes) -> EncodedImage:
+        """File bytes → typed record, with every check done before any tensor is made."""
+        container = self.parse(data)
+        header = container.header
+        rate = self.rate(header.level)
+        h, w = self.token_grid(header.height, header.width, header.level)
+        coder = make_coder(header.coder_id, self.loaded.priors)
+        if len(container.payload) > coder.max_payload_bytes(h * w, rate):
+            raise MalformedError(
+                f"payload of {len(container.payload)} bytes is longer than {h * w} tokens allow"
+            )
+        indices = coder.decode(container.payload, h * w, rate).reshape(h, w)
+        codes = np.frombuffer(header.side_info, dtype=np.uint8).copy()
+        return EncodedImage(header.level, header.height, header.width, indices, codes, header.grey)
+
+    @torch.inference_mode()
+    def decode(self, encoded: EncodedImage) -> np.ndarray:
+        """Typed record → image: (H, W, 3) uint8, or (H, W) when the source was greyscale."""
+        indices = torch.from_numpy(encoded.indices).to(self.device).unsqueeze(0)
+        codes = torch.from_numpy(np.asarray(encoded.rms_codes, np.uint8)).unsqueeze(0)
+        x_hat = self.model.decode_indices(indices, codes.to(self.device), encoded.level)
+        rgb = tensor_to_image(crop(x_hat, encoded.height, encoded.width))
+        return grey_from_rgb(rgb) if encoded.grey else rgb
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        """File bytes → image: (H, W, 3) uint8, or (H, W) for greyscale sources."""
+        return self.decode(self.unpack(data))
+
+    def reconstruct(self, image: ImageLike, level: int) -> np.ndarray:
+        """What decompress(compress(image)) returns, computed without bytes."""
+        return self.decode(self.encode(image, level))

@@ -1,0 +1,280 @@
+"""Images in and out: the colour-mode policy, pad/crop, and atomic file writes.
+
+Input policy (what ``load_image`` / ``to_rgb`` do with each kind of image):
+
+- RGB, 8-bit: used as is.
+- Greyscale (L, 1-bit, 16-bit I;16, 32-bit I, float F): coded as RGB with R = G = B; the file's
+  grey flag is set and decoding returns a greyscale image (the mean of the decoded channels).
+- 16-bit (grey or RGB PNG/TIFF): reduced to 8 bits by rounding (v · 255 / 65535); the codec is
+  8-bit, as every metric here is.
+- Alpha (RGBA, LA, PA, palette with transparency): composited over white; alpha is not coded.
+- Palette (P): expanded to RGB.
+- CMYK, YCbCr, LAB, HSV: converted to RGB by Pillow (no ICC colour management).
+- EXIF orientation: applied, so the image is coded upright as viewers show it.
+- Animated images: the first frame.
+
+Sizes: any size from 1×1 up to the pixel limit; images are padded (edge replication) to the
+level's multiple, never resized, and the decoder crops back to the original size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from oscar.errors import ImageError, OutputExistsError
+
+DEFAULT_MAX_PIXELS = 16384 * 16384
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """An input image after the policy: RGB uint8 (H, W, 3) and whether it was greyscale."""
+
+    rgb: np.ndarray
+    grey: bool = False
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def _to_uint8(array: np.ndarray, maximum: float) -> np.ndarray:
+    return np.clip(np.rint(array.astype(np.float64) * (255.0 / maximum)), 0, 255).astype(np.uint8)
+
+
+def _white_composite(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb(image: Image.Image | np.ndarray) -> SourceImage:
+    """Apply the input policy to a Pillow image or an array (H, W), (H, W, 3) or (H, W, 4)."""
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image)
+    if not isinstance(image, Image.Image):
+        raise ImageError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    mode = image.mode
+    if mode in ("1", "L"):
+        grey = np.asarray(image.convert("L"), dtype=np.uint8)
+        return SourceImage(np.repeat(grey[:, :, None], 3, axis=2), grey=True)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        maximum = 65535.0 if (mode.startswith("I;16") or values.max(initial=0) > 255) else 255.0
+        grey = _to_uint8(values, maximum)
+        return SourceImage(np.repeat(grey[:, :, None], 3, axis=2), grey=True)
+    if mode in ("LA", "La"):
+        return SourceImage(np.asarray(_white_composite(image)), grey=True)
+    has_alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        return SourceImage(np.asarray(_white_composite(image)))
+    if mode == "RGB":
+        return SourceImage(np.asarray(image, dtype=np.uint8))
+    return SourceImage(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def _array_to_rgb(array: np.ndarray) -> SourceImage:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageError(f"image array is empty: {array.shape}")
+    if array.dtype == np.uint8:
+        data = array
+    elif array.dtype == np.uint16:
+        data = _to_uint8(array, 65535.0)
+    elif np.issubdtype(array.dtype, np.floating):
+        data = _to_uint8(np.clip(array, 0.0, 1.0), 1.0)  # floats are taken as [0, 1]
+    else:
+        raise ImageError(f"unsupported image array dtype {array.dtype}")
+    channels = data.shape[2]
+    if channels == 1:
+        return SourceImage(np.repeat(data, 3, axis=2), grey=True)
+    if channels == 4:
+        alpha = data[:, :, 3:4].astype(np.float64) / 255.0
+        rgb = data[:, :, :3].astype(np.float64) * alpha + 255.0 * (1.0 - alpha)
+        return SourceImage(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+    return SourceImage(np.ascontiguousarray(data))
+
+
+def _exact_16bit_rgb(image: Image.Image, path: Path) -> np.ndarray | None:
+    """Pillow keeps only the high byte of 16-bit RGB PNGs; read them exactly with imagecodecs.
+
+    Returns None (and Pillow's reading is used) for other images or without imagecodecs.
+    """
+    if image.format != "PNG" or image.mode not in ("RGB", "RGBA") or _png_bit_depth(path) != 16:
+        return None
+    try:
+        import imagecodecs
+
+        array = imagecodecs.png_decode(path.read_bytes())
+    except Exception:
+        return None
+    if array.dtype != np.uint16:
+        return None
+    return _orient(array, image.getexif().get(0x0112, 1))
+
+
+def _png_bit_depth(path: Path) -> int:
+    """Bit depth from the IHDR chunk (byte 24 of a PNG file)."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    return head[24] if len(head) == 25 else 8
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an (H, W, C) array, as ImageOps.exif_transpose does."""
+    t = np.swapaxes
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: t(a, 0, 1),
+        6: lambda a: t(a, 0, 1)[:, ::-1],
+        7: lambda a: t(a, 0, 1)[::-1, ::-1],
+        8: lambda a: t(a, 0, 1)[::-1],
+    }
+    return np.ascontiguousarray(ops.get(orientation, lambda a: a)(array))
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> SourceImage:
+    """Read an image file and apply the input policy; refuses images over ``max_pixels``."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning: our limit below is the one that decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width < 1 or height < 1:
+                    raise ImageError(f"{path}: image has no pixels ({width}x{height})")
+                if width * height > max_pixels:
+                    raise ImageError(
+                        f"{path}: {width}x{height} pixels exceed the limit of {max_pixels} "
+                        "(raise it with --max-pixels)"
+                    )
+                exact = _exact_16bit_rgb(image, path)
+                if exact is not None:
+                    return _array_to_rgb(exact)
+                image = ImageOps.exif_transpose(image)
+                image.load()
+                return to_rgb(image)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot decode image: {exc}") from None
+
+
+def grey_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Decoded RGB (H, W, 3) uint8 → greyscale (H, W) uint8, the mean of the channels."""
+    return np.clip(np.rint(rgb.astype(np.float64).mean(axis=2)), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- tensors
+def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 → x (1, 3, H, W) float32 in [-1, 1]."""
+    x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1).unsqueeze(0)
+    return x.to(torch.float32) / 127.5 - 1.0
+
+
+def tensor_to_image(x: torch.Tensor) -> np.ndarray:
+    """x (1, 3, H, W) in [-1, 1] → (H, W, 3) uint8, rounded (what a user saves)."""
+    x = ((x[0].detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round()
+    return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) bottom and right by edge replication to a multiple of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = padded_size(h, w, multiple)
+    if (ph, pw) == (h, w):
+        return x
+    return F.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
+
+
+def crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`pad`."""
+    return x[..., :height, :width]
+
+
+# ----------------------------------------------------------------------------- writing
+@contextmanager
+def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it into place.
+
+    Nothing appears at ``path`` unless the block finishes; an existing file is kept unless
+    ``force``. The temporary file is removed on any failure.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists; pass --force to overwrite")
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if path.exists() and not force:  # appeared while we worked
+            raise OutputExistsError(f"{path} exists; pass --force to overwrite")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, force: bool = False) -> None:
+    with atomic_output(path, force) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_image(image: np.ndarray, path: str | Path, force: bool = False) -> None:
+    """Write (H, W, 3) or (H, W) uint8 atomically in the format its suffix names."""
+    path = Path(path)
+    fmt = {
+        ".jpg": "JPEG",
+        ".jpeg": "JPEG",
+        ".webp": "WEBP",
+        ".bmp": "BMP",
+        ".tif": "TIFF",
+        ".tiff": "TIFF",
+        ".ppm": "PPM",
+        ".pgm": "PPM",
+        ".png": "PNG",
+    }.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: unsupported output format {path.suffix!r} (use .png)")
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if fmt == "WEBP":
+        options = {"lossless": True}
+    with atomic_output(path, force) as tmp:
+        Image.fromarray(image).save(tmp, format=fmt, **options)
