@@ -1,0 +1,66 @@
+"""The ``oscar`` command: parse arguments, call the library, print.
+
+Exit codes: 0 success, 1 a runtime failure (bad input file, bad model, a failed file in a batch),
+2 a usage error. Errors print as one line on stderr, without a traceback; ``-v`` adds logging.
+Subcommands live in ``oscar.commands.*``; each module registers its parsers, and heavy imports
+(torch, diffusers) happen only inside the handlers so that ``oscar --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from oscar import __version__
+from oscar.errors import OscarError
+
+COMMAND_MODULES = (
+    "oscar.commands.coding",
+    "oscar.commands.models",
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults in --help and keep the description's line breaks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oscar",
+        description="OSCAR: one-step diffusion image codec across multiple bit-rates.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"oscar {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (also when called from Python)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return int(exc.code or 0)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except OscarError as exc:
+        print(f"oscar: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("oscar: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

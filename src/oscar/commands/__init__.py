@@ -1,0 +1,1 @@
+"""Subcommands of the ``oscar`` CLI; each module has ``register(subparsers)``."""

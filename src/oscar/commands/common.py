@@ -1,0 +1,143 @@
+"""Options and helpers shared by subcommands: model options, inputs, output paths, batches."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from oscar.errors import ConfigError, OscarError
+from oscar.filetypes import find_files
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        metavar="DIR",
+        default=None,
+        help="model directory (default: the model embedded in the package)",
+    )
+    parser.add_argument(
+        "--base-model",
+        metavar="DIR",
+        default=None,
+        help="diffusers folder with vae/, unet/, scheduler/ for models that reference one "
+        "(default: $OSCAR_BASE_MODEL, then the model's own setting)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu or cuda (auto: CUDA when available)"
+    )
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=16384 * 16384,
+        metavar="N",
+        help="refuse images (and files announcing images) larger than N pixels",
+    )
+
+
+def add_force_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def load_codec(args: argparse.Namespace):
+    """An OscarCodec from the common model options (imports torch lazily)."""
+    from oscar.bitstream import Limits
+    from oscar.codec import OscarCodec
+
+    limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
+    return OscarCodec.from_pretrained(
+        args.model, device=args.device, base_model=args.base_model, limits=limits
+    )
+
+
+def read_input_file(path: Path, max_bytes: int) -> bytes:
+    """Read a file whole, refusing one larger than ``max_bytes`` before reading it."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise ConfigError(f"{path}: not a file")
+        if size > max_bytes:
+            raise ConfigError(f"{path}: {size} bytes is larger than any valid file ({max_bytes})")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+def plan_outputs(
+    inputs: Sequence[str], output: str, suffixes: Iterable[str], out_suffix: str
+) -> list[Job]:
+    """Map inputs to output paths.
+
+    One input file and an output that is not an existing folder (and does not end in a path
+    separator): the output is that file. Otherwise the output is a folder and each input keeps
+    its name (and its place below an input folder) with ``out_suffix``.
+    """
+    found = find_files(inputs, suffixes)
+    if not found:
+        raise ConfigError("no input files found")
+    single_file = (
+        len(inputs) == 1
+        and not Path(inputs[0]).is_dir()
+        and not Path(output).is_dir()
+        and not output.endswith(("/", os.sep))
+    )
+    if single_file:
+        return [Job(found[0][0], Path(output))]
+    out_dir = Path(output)
+    jobs = [Job(src, out_dir / rel.with_suffix(out_suffix)) for src, rel in found]
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        if job.target in seen:
+            raise ConfigError(
+                f"{seen[job.target]} and {job.source} would both be written to {job.target}"
+            )
+        seen[job.target] = job.source
+    return jobs
+
+
+def run_batch(jobs: Sequence[Job], work: Callable[[Job], str], desc: str) -> int:
+    """Run ``work`` on every job; a failure is reported with its file and the rest go on.
+
+    Returns the exit code: 0 when all succeeded, 1 when any failed.
+    """
+    from tqdm.auto import tqdm
+
+    failed = 0
+    show_bar = len(jobs) > 1
+    bar = tqdm(jobs, desc=desc, unit="file", disable=not show_bar or None, file=sys.stderr)
+    for job in bar:
+        try:
+            line = work(job)
+        except OscarError as exc:
+            failed += 1
+            text = str(exc)
+            where = "" if text.startswith(str(job.source)) else f"{job.source}: "
+            message = f"oscar: error: {where}{text}"
+            (bar.write if show_bar else print)(message, file=sys.stderr)
+            continue
+        (bar.write if show_bar else print)(line)
+    if failed and len(jobs) > 1:
+        print(f"oscar: {failed} of {len(jobs)} files failed", file=sys.stderr)
+    return 1 if failed else 0
