@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random models built on the fly (no downloads, milliseconds each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from oscar.codec import OscarCodec
+from oscar.config import ModelConfig
+from oscar.models.oscar import OscarModel
+from oscar.pretrained import save_model
+from oscar.prior_fitting import fit_priors
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth colour image with some texture: gradients plus noise, (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = np.stack(
+        [128 + 100 * np.sin(xx / 17 + seed), 128 + 100 * np.cos(yy / 23), (xx + yy) % 256], axis=2
+    )
+    noise = rng.normal(0, 12, size=(height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def build_tiny_model(seed: int = 0, config: ModelConfig | None = None) -> OscarModel:
+    config = config or ModelConfig.from_json_file(CONFIGS / "tiny.json")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return OscarModel(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> ModelConfig:
+    return ModelConfig.from_json_file(CONFIGS / "tiny.json")
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """A folder of a few small PNG images."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    for i, (h, w) in enumerate([(64, 64), (48, 80), (70, 33)]):
+        Image.fromarray(make_image(h, w, seed=i)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, sample_dir) -> Path:
+    """A tiny random model directory with priors fitted on ``sample_dir``."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    save_model(build_tiny_model(0), path)
+    codec = OscarCodec.from_pretrained(path, device="cpu")
+    priors, _ = fit_priors(codec, sorted(sample_dir.glob("*.png")), progress=False)
+    save_model(codec.model, path, priors=priors)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_codec(tiny_model_dir) -> OscarCodec:
+    return OscarCodec.from_pretrained(tiny_model_dir, device="cpu")

@@ -1,0 +1,214 @@
+"""The ``oscar`` command, through main(argv) and through the installed entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from conftest import CONFIGS, make_image
+from oscar.cli import main
+
+
+def test_compress_info_decompress(tiny_model_dir, tmp_path, capsys):
+    Image.fromarray(make_image(70, 90)).save(tmp_path / "a.png")
+    m = str(tiny_model_dir)
+    assert (
+        main(
+            [
+                "compress",
+                str(tmp_path / "a.png"),
+                "-o",
+                str(tmp_path / "a.oscar"),
+                "--model",
+                m,
+                "--level",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert main(["info", str(tmp_path / "a.oscar"), "--model", m, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    size = (tmp_path / "a.oscar").stat().st_size
+    assert info["file_bytes"] == size
+    assert info["measured_bpp"] == size * 8 / (70 * 90)
+    assert info["level"] == 2 and info["tokens"] == [8, 8]
+    assert info["nominal_bpp"] == 8 / 256
+    assert (
+        main(
+            [
+                "decompress",
+                str(tmp_path / "a.oscar"),
+                "-o",
+                str(tmp_path / "a.png.out.png"),
+                "--model",
+                m,
+            ]
+        )
+        == 0
+    )
+    assert Image.open(tmp_path / "a.png.out.png").size == (90, 70)
+
+
+def test_folder_batch_with_a_bad_file(tiny_model_dir, tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(make_image(20, 30)).save(src / "x.png")
+    Image.fromarray(make_image(25, 15)).save(src / "sub" / "y.jpg")
+    (src / "broken.png").write_bytes(b"not a png")
+    code = main(
+        [
+            "compress",
+            str(src),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(tiny_model_dir),
+            "--bpp",
+            "0.03",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.png" in err and "1 of 3 files failed" in err
+    assert sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.oscar")
+    ) == ["sub/y.oscar", "x.oscar"]
+    assert not list((tmp_path / "out").rglob("*.part"))
+    assert (
+        main(
+            [
+                "decompress",
+                str(tmp_path / "out"),
+                "-o",
+                str(tmp_path / "rec"),
+                "--model",
+                str(tiny_model_dir),
+            ]
+        )
+        == 0
+    )
+    assert Image.open(tmp_path / "rec" / "sub" / "y.png").size == (15, 25)
+
+
+def test_no_overwrite_without_force(tiny_model_dir, tmp_path, capsys):
+    Image.fromarray(make_image(20, 20)).save(tmp_path / "a.png")
+    (tmp_path / "a.oscar").write_bytes(b"keep me")
+    args = [
+        "compress",
+        str(tmp_path / "a.png"),
+        "-o",
+        str(tmp_path / "a.oscar"),
+        "--model",
+        str(tiny_model_dir),
+    ]
+    assert main(args) == 1
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "a.oscar").read_bytes() == b"keep me"
+    assert main([*args, "--force"]) == 0
+    assert (tmp_path / "a.oscar").read_bytes()[:3] == b"OSC"
+
+
+def test_max_bytes(tiny_model_dir, tmp_path, capsys):
+    Image.fromarray(make_image(64, 64)).save(tmp_path / "a.png")
+    base = ["compress", str(tmp_path / "a.png"), "--model", str(tiny_model_dir)]
+    assert main([*base, "-o", str(tmp_path / "a.oscar"), "--max-bytes", "400"]) == 0
+    assert (tmp_path / "a.oscar").stat().st_size <= 400
+    assert main([*base, "-o", str(tmp_path / "b.oscar"), "--max-bytes", "3"]) == 1
+    assert "no level fits in 3 bytes" in capsys.readouterr().err
+    assert not (tmp_path / "b.oscar").exists()
+
+
+def test_user_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "junk.oscar").write_bytes(b"OSC\x01garbage")
+    code = main(
+        [
+            "decompress",
+            str(tmp_path / "junk.oscar"),
+            "-o",
+            str(tmp_path / "j.png"),
+            "--model",
+            str(tiny_model_dir),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "j.png").exists()
+    assert (
+        main(
+            [
+                "compress",
+                str(tmp_path / "nope.png"),
+                "-o",
+                str(tmp_path / "n.oscar"),
+                "--model",
+                str(tiny_model_dir),
+            ]
+        )
+        == 1
+    )
+    assert main(["compress", "-o", "x"]) == 2  # usage error
+    assert main(["compress", "a.png", "-o", "x", "--level", "1", "--bpp", "0.1"]) == 2
+    assert (
+        main(
+            [
+                "decompress",
+                str(tmp_path / "junk.oscar"),
+                "-o",
+                "x.png",
+                "--model",
+                str(tmp_path / "no_model"),
+            ]
+        )
+        == 1
+    )
+
+
+def test_init_and_fit_priors(tmp_path, sample_dir, capsys):
+    out = tmp_path / "m"
+    assert main(["init", str(CONFIGS / "tiny.json"), "-o", str(out), "--seed", "4"]) == 0
+    assert main(["init", str(CONFIGS / "tiny.json"), "-o", str(out)]) == 1  # not empty
+    assert main(["fit-priors", str(out), str(sample_dir), "--levels", "0,7"]) == 0
+    table = capsys.readouterr().out
+    assert "entropy" in table and "fingerprint is now" in table
+    from oscar.pretrained import load_model
+
+    priors = load_model(out).priors
+    assert sorted(priors.tables) == [0, 7]
+
+
+def test_installed_command(tiny_model_dir, tmp_path):
+    exe = shutil.which("oscar") or str(__import__("pathlib").Path(sys.executable).parent / "oscar")
+    Image.fromarray(make_image(33, 47)).save(tmp_path / "a.png")
+    run = lambda *a: subprocess.run([exe, *a], capture_output=True, text=True)  # noqa: E731
+    r = run(
+        "compress",
+        str(tmp_path / "a.png"),
+        "-o",
+        str(tmp_path / "a.oscar"),
+        "--model",
+        str(tiny_model_dir),
+        "--level",
+        "0",
+    )
+    assert r.returncode == 0, r.stderr
+    r = run(
+        "decompress",
+        str(tmp_path / "a.oscar"),
+        "-o",
+        str(tmp_path / "b.png"),
+        "--model",
+        str(tiny_model_dir),
+    )
+    assert r.returncode == 0, r.stderr
+    assert np.asarray(Image.open(tmp_path / "b.png")).shape == (33, 47, 3)
+    r = run("info", str(tmp_path / "missing.oscar"))
+    assert r.returncode == 1 and "no such file" in r.stderr
+    assert run("--help").returncode == 0
