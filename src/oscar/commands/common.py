@@ -57,7 +57,9 @@ def load_codec(args: argparse.Namespace):
     """An OscarCodec from the common model options (imports torch lazily)."""
     from oscar.bitstream import Limits
     from oscar.codec import OscarCodec
+    from oscar.device import tune_cpu_allocator
 
+    tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.device)
     limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
     return OscarCodec.from_pretrained(
         args.model, device=args.device, base_model=args.base_model, limits=limits
