@@ -64,8 +64,9 @@ class BenchConfig:
     repeats: int = 5
     warmup: int = 1
     threads: int | None = None  # None: torch's default
-    baseline: bool = False  # the path before CPU tuning: no allocator tuning, no channels-last
+    baseline: bool = False  # the path before tuning: default allocator, networks as diffusers
     compare_float32: bool = True  # for other dtypes, measure the pixel difference to float32
+    flops: bool = True  # count floating-point operations per stage (one extra, untimed run)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -241,6 +242,30 @@ def summarize_runs(runs: Sequence[Run], stages: Sequence[str], batch: int) -> di
     }
 
 
+class FlopRecorder:
+    """Counts floating-point operations per stage with torch's FlopCounterMode.
+
+    Multiply-adds count as 2. torch has no formula for the CPU flash-attention kernel, so one
+    is added (the same count as for the CUDA kernels).
+    """
+
+    def __init__(self) -> None:
+        self.flops: dict[str, int] = {}
+
+    @contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+        def cpu_attention(q, k, v, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop_count(q, k, v)
+
+        mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            yield
+        self.flops[name] = self.flops.get(name, 0) + counter.get_total_flops()
+
+
 # ----------------------------------------------------------------------------- running
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
@@ -254,7 +279,7 @@ def _load_codec(config: BenchConfig, dtype: str | None = None):
         config.model,
         device=config.device,
         dtype=dtype or config.dtype,
-        channels_last=False if config.baseline else None,
+        optimize=not config.baseline,
     )
 
 
@@ -311,10 +336,26 @@ def run_configuration(config: BenchConfig) -> dict[str, Any]:
                 raise RuntimeError(f"decoding with {steps} steps is not deterministic")
     if any(f != files[0] for f in files):
         raise RuntimeError("encoding is not deterministic: the bytes changed between repeats")
+    flops: dict[str, dict[str, int]] = {}
+    if config.flops:
+        from oscar.stages import recording
+
+        for key, work in [("encode", encode)] + [
+            (str(s), lambda s=s: decode(files[0], s)) for s in config.steps
+        ]:
+            with recording(FlopRecorder()) as counter:
+                work()
+            flops[key] = counter.flops
 
     decoded_by_steps = {
         str(s): summarize_runs(decode_runs[s], DECODE_STAGES, config.batch) for s in config.steps
     }
+    encoded = summarize_runs(encode_runs, ENCODE_STAGES, config.batch)
+    for key, entry in [("encode", encoded), *decoded_by_steps.items()]:
+        for name, count in flops.get(key, {}).items():
+            entry["stages"][name]["gflop"] = count / 1e9
+        if key in flops:
+            entry["total"]["gflop"] = sum(flops[key].values()) / 1e9
     if "1" in decoded_by_steps:
         one = decoded_by_steps["1"]["total"]["wall_s"]["median"]
         for entry in decoded_by_steps.values():
@@ -344,7 +385,7 @@ def run_configuration(config: BenchConfig) -> dict[str, Any]:
         ],
         "file_bytes": len(files[0][0]),
         "bpp": len(files[0][0]) * 8 / pixels,
-        "encode": summarize_runs(encode_runs, ENCODE_STAGES, config.batch),
+        "encode": encoded,
         "decode": decoded_by_steps,
         "deterministic": True,  # checked above: same bytes and pixels in every repeat
     }

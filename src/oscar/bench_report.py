@@ -19,6 +19,10 @@ def _s(seconds: float) -> str:
     return f"{seconds:.3f}" if seconds < 10 else f"{seconds:.1f}"
 
 
+def _gflop(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
+
+
 def _spread(stats: dict[str, Any]) -> str:
     return f"{_s(stats['p25'])}–{_s(stats['p75'])}"
 
@@ -72,10 +76,15 @@ def stage_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Per-stage medians (ms) of one configuration: encode, then decode for each steps value."""
     steps = list(result["decode"])
     header = ["stage", "encode ms", *[f"decode ms ({s} step{'s' * (s != '1')})" for s in steps]]
+    with_flops = "gflop" in result["encode"]["total"]
+    if with_flops:
+        header += ["encode GFLOP", "decode GFLOP (1 step)" if "1" in steps else "decode GFLOP"]
     header.append("peak MB")
     rows = []
     for name in (*ENCODE_STAGES, *DECODE_STAGES, "other", "total"):
         row = [name]
+        if with_flops:
+            flop_paths = [result["encode"], result["decode"]["1" if "1" in steps else steps[0]]]
         peak = None
         for path in [result["encode"], *[result["decode"][s] for s in steps]]:
             if name == "total":
@@ -92,6 +101,10 @@ def stage_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             row.append(_ms(entry["wall_s"]["median"]))
             if "peak_memory_mb" in entry:
                 peak = max(peak or 0, entry["peak_memory_mb"])
+        if with_flops:
+            for path in flop_paths:
+                entry = path["total"] if name == "total" else path["stages"].get(name, {})
+                row.append(_gflop(entry["gflop"]) if entry.get("gflop") else "")
         row.append("" if peak is None else f"{peak:.0f}")
         rows.append(row)
     return header, rows

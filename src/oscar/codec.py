@@ -50,6 +50,7 @@ from oscar.io import (
     tensor_to_image,
     to_rgb,
 )
+from oscar.models.inference import use_inplace_activations
 from oscar.pretrained import LoadedModel, load_model, resolve_model_dir
 from oscar.rates import RateLevel
 from oscar.stages import stage
@@ -106,7 +107,7 @@ class OscarCodec:
         loaded: LoadedModel,
         device: torch.device | None = None,
         limits: Limits | None = None,
-        channels_last: bool | None = None,
+        optimize: bool = True,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -115,10 +116,13 @@ class OscarCodec:
         self.dtype = next(self.model.parameters()).dtype
         self.limits = limits or Limits()
         self.pad_multiple = self.model.config.pad_multiple
-        # Channels-last VAE decoder: faster full-resolution convolutions on CPU (BENCHMARKS.md).
-        # Pixels may differ from the contiguous layout by float rounding; the encoder keeps the
-        # contiguous layout so that the bytes written stay exactly as before.
-        self.memory_format = inference_memory_format(self.device, channels_last)
+        # Inference optimisations (BENCHMARKS.md); ``optimize=False`` runs the networks as
+        # diffusers builds them, for comparisons. In-place VAE activations change no value. The
+        # channels-last VAE decoder (CPU) may change pixels by float rounding; the encoder keeps
+        # its layout so that the bytes written stay exactly as before.
+        self.memory_format = inference_memory_format(self.device, None if optimize else False)
+        if optimize:
+            use_inplace_activations(self.model.vae)
         for part in (self.model.vae.post_quant_conv, self.model.vae.decoder):
             if part is not None:
                 part.to(memory_format=self.memory_format)
@@ -131,7 +135,7 @@ class OscarCodec:
         base_model: str | Path | None = None,
         limits: Limits | None = None,
         dtype: str = "float32",
-        channels_last: bool | None = None,
+        optimize: bool = True,
     ) -> OscarCodec:
         """Load a model directory (default: the embedded model) onto a device.
 
@@ -145,7 +149,7 @@ class OscarCodec:
             device=dev,
             dtype=resolve_dtype(dtype, dev),
         )
-        return cls(loaded, device=dev, limits=limits, channels_last=channels_last)
+        return cls(loaded, device=dev, limits=limits, optimize=optimize)
 
     # ------------------------------------------------------------------------ properties
     @property
