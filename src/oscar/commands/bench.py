@@ -10,7 +10,7 @@ from pathlib import Path
 from oscar.commands.common import positive_int
 from oscar.errors import ConfigError
 
-DEFAULT_SIZES = "512x512,768x512,1920x1080,3840x2160"
+DEFAULT_SIZES = "768x512"
 
 
 def _int_list(text: str) -> list[int]:
