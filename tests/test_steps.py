@@ -56,6 +56,8 @@ def test_cli_steps(tiny_model_dir, tiny_codec, tmp_path, capsys):
         expected = tiny_codec.decompress(data, steps=int(steps))
         assert np.array_equal(np.asarray(Image.open(out)), expected)
     argv = ["decompress", str(tmp_path / "a.oscar"), "-o", str(tmp_path / "b.png"), "--model", m]
-    assert main([*argv, "--steps", "0"]) == 2
-    assert main([*argv, "--steps", "999"]) == 1
+    assert main([*argv, "--dtype", "bfloat16", "--steps", "2"]) == 0  # same file, other precision
+    assert np.asarray(Image.open(tmp_path / "b.png")).shape == (40, 56, 3)
+    assert main([*argv, "--steps", "0", "--force"]) == 2
+    assert main([*argv, "--steps", "999", "--force"]) == 1
     assert "steps must be an integer from 1 to 170" in capsys.readouterr().err
