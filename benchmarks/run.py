@@ -131,12 +131,12 @@ def targets_table(docs: dict[str, dict | None]) -> str:
             )
     four_k = find(docs.get("sizes"), 3840, 2160)
     if four_k is not None:
-        peak = four_k["decode"]["1"]["peak_memory_mb"]
+        peak = decode_peak(four_k)
         rows.append(
             [
-                "peak memory, 3840×2160 decode (process RSS)",
+                "peak memory, 3840×2160 decode (process RSS, decoding alone)",
                 "< 6 GB",
-                f"{peak / 1024:.2f} GiB",
+                f"{peak * 2**20 / 1e9:.2f} GB",
                 _ok(peak < MEMORY_LIMIT_MB),
             ]
         )
@@ -162,6 +162,13 @@ def flop_ratio(doc: dict | None) -> str:
         f"{vae:.1f} and the UNet {unet:.1f}; counting FLOPs alone, 20 steps would cost "
         f"{(total + 19 * unet) / total:.1f}× one step."
     )
+
+
+def decode_peak(result: dict) -> float:
+    """Peak RSS (MB) of decoding alone (a fresh process), else of the main measurement."""
+    if "decode_only" in result:
+        return result["decode_only"]["peak_memory_mb"]
+    return result["decode"]["1"]["peak_memory_mb"]
 
 
 def _ok(flag: bool) -> str:
@@ -211,28 +218,33 @@ def memory_table(before: dict | None, after: dict | None) -> str:
     for r in (after or {}).get("results", []):
         c = r["config"]
         b = find(before, c["width"], c["height"])
-        dec = r["decode"]["1"]
+        only = r.get("decode_only", {})
+        stage_peaks = only.get("stage_peak_memory_mb", {})
         rows.append(
             [
                 f"{c['width']}×{c['height']}",
+                f"{decode_peak(r):.0f}",
+                f"{decode_peak(b):.0f}" if b else "",
+                f"{only['start_memory_mb']:.0f}" if only else "",
+                f"{stage_peaks.get('unet', 0):.0f}" if only else "",
+                f"{stage_peaks.get('vae_decode', 0):.0f}" if only else "",
                 f"{r['encode']['peak_memory_mb']:.0f}",
-                f"{dec['peak_memory_mb']:.0f}",
-                f"{b['decode']['1']['peak_memory_mb']:.0f}" if b else "",
-                f"{dec['start_memory_mb']:.0f}",
-                f"{dec['stages']['vae_decode']['peak_memory_mb']:.0f}",
-                f"{dec['stages']['unet']['peak_memory_mb']:.0f}",
+                f"{b['encode']['peak_memory_mb']:.0f}" if b else "",
+                f"{r['decode']['1']['peak_memory_mb']:.0f}",
             ]
         )
     if not rows:
         return "_No results yet._"
     header = [
         "size",
-        "encode peak MB",
         "decode peak MB",
-        "decode peak MB before tuning",
-        "RSS before decode MB",
-        "peak in vae_decode MB",
+        "before tuning",
+        "RSS at start MB",
         "peak in unet MB",
+        "peak in vae_decode MB",
+        "encode peak MB",
+        "before tuning",
+        "decode peak after encoding MB",
     ]
     return markdown_table(header, rows)
 

@@ -94,3 +94,6 @@ def test_isolated_run_with_bfloat16(tiny_model_dir):
     _check_result(result, [1])
     assert result["runtime"]["dtype"] == "bfloat16" and result["runtime"]["allocator_tuned"]
     assert 0 <= result["vs_float32"]["indices_equal_fraction"] <= 1
+    only = result["decode_only"]  # a second fresh process decoded the file once
+    assert only["peak_memory_mb"] >= only["start_memory_mb"] > 0
+    assert {"parse", "unet", "vae_decode"} <= set(only["stage_peak_memory_mb"])

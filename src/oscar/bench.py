@@ -283,8 +283,11 @@ def _load_codec(config: BenchConfig, dtype: str | None = None):
     )
 
 
-def run_configuration(config: BenchConfig) -> dict[str, Any]:
-    """Measure one configuration in this process; returns a JSON-ready dict."""
+def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dict[str, Any]:
+    """Measure one configuration in this process; returns a JSON-ready dict.
+
+    ``save_file`` receives the (first) compressed file, for :func:`decode_only`.
+    """
     import torch
 
     from oscar.device import tune_cpu_allocator
@@ -336,6 +339,8 @@ def run_configuration(config: BenchConfig) -> dict[str, Any]:
                 raise RuntimeError(f"decoding with {steps} steps is not deterministic")
     if any(f != files[0] for f in files):
         raise RuntimeError("encoding is not deterministic: the bytes changed between repeats")
+    if save_file is not None:
+        save_file.write_bytes(files[0][0])
     flops: dict[str, dict[str, int]] = {}
     if config.flops:
         from oscar.stages import recording
@@ -409,20 +414,54 @@ def compare_to_float32(codec, config: BenchConfig, level: int, image: np.ndarray
     }
 
 
+def decode_only(config: BenchConfig, path: Path) -> dict[str, Any]:
+    """Decode one file once in this (fresh) process, as ``oscar decompress`` would.
+
+    Its peak memory is what decoding alone needs: in the main measurement the same process has
+    encoded first, and memory the allocator keeps from that can raise the decoding peak.
+    """
+    from oscar.device import tune_cpu_allocator
+
+    allocator_tuned = False if config.baseline else tune_cpu_allocator()
+    codec = _load_codec(config)
+    recorder = Recorder(codec.device)
+    data = path.read_bytes()
+    with recorder.record() as run:
+        codec.decompress(data)
+    return {
+        "wall_s": run.total_wall,
+        "peak_memory_mb": run.peak_memory / MB,
+        "start_memory_mb": run.start_memory / MB,
+        "stage_peak_memory_mb": {k: v / MB for k, v in run.peak.items()},
+        "allocator_tuned": allocator_tuned,
+    }
+
+
+def _run_child(args: Sequence[str], out: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "oscar.bench", *args, str(out)], capture_output=True, text=True
+    )
+    if proc.returncode != 0 or not out.is_file():
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"benchmark process failed ({proc.returncode}):\n{tail}")
+    return json.loads(out.read_text())
+
+
 def run_isolated(config: BenchConfig) -> dict[str, Any]:
-    """Run one configuration in a fresh Python process (clean peak RSS); same result dict."""
+    """Run one configuration in a fresh Python process (clean peak RSS); same result dict.
+
+    A second fresh process then decodes the file once (one step) and adds ``decode_only``:
+    the peak memory of decoding alone.
+    """
     with tempfile.TemporaryDirectory(prefix="oscar-bench-") as tmp:
-        out = Path(tmp) / "result.json"
         payload = json.dumps(asdict(config))
-        proc = subprocess.run(
-            [sys.executable, "-m", "oscar.bench", payload, str(out)],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0 or not out.is_file():
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(f"benchmark process failed ({proc.returncode}):\n{tail}")
-        return json.loads(out.read_text())
+        file = Path(tmp) / "image.oscar"
+        result = _run_child([payload, str(file)], Path(tmp) / "result.json")
+        if config.batch == 1 and file.is_file():
+            result["decode_only"] = _run_child(
+                ["--decode-only", payload, str(file)], Path(tmp) / "decode.json"
+            )
+        return result
 
 
 # ----------------------------------------------------------------------------- environment
@@ -543,11 +582,20 @@ def run_benchmark(configs: Sequence[BenchConfig], isolate: bool, progress=None) 
 
 
 def _child_main(argv: Sequence[str]) -> int:
-    """``python -m oscar.bench CONFIG_JSON OUT_JSON``: one configuration, for run_isolated."""
+    """For run_isolated: ``python -m oscar.bench CONFIG_JSON FILE OUT_JSON`` measures one
+    configuration and writes its first file to FILE; ``--decode-only CONFIG_JSON FILE OUT_JSON``
+    decodes FILE once."""
+    only = argv[0] == "--decode-only"
+    if only:
+        argv = argv[1:]
     data = json.loads(argv[0])
     data["steps"] = tuple(data["steps"])
-    result = run_configuration(BenchConfig(**data))
-    Path(argv[1]).write_text(json.dumps(result))
+    config = BenchConfig(**data)
+    if only:
+        result = decode_only(config, Path(argv[1]))
+    else:
+        result = run_configuration(config, save_file=Path(argv[1]))
+    Path(argv[2]).write_text(json.dumps(result))
     return 0
 
 

@@ -46,6 +46,7 @@ def summary_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "× 1-step",
         "enc peak MB",
         "dec peak MB",
+        "dec-only peak MB",
         "decode img/s",
     ]
     rows = []
@@ -66,6 +67,9 @@ def summary_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                     f"{dec.get('time_vs_one_step', float('nan')):.1f}",
                     f"{enc['peak_memory_mb']:.0f}",
                     f"{dec['peak_memory_mb']:.0f}",
+                    f"{r['decode_only']['peak_memory_mb']:.0f}"
+                    if "decode_only" in r and steps == "1"
+                    else "",
                     f"{dec['images_per_s']:.2f}",
                 ]
             )
