@@ -2,8 +2,9 @@
 
 What one *configuration* (image size, level, dtype, batch size) measures::
 
-    load the model ─► warm-up (each path once, not recorded)
+    load the model ─► warm-up (encode, decode with the fewest steps; not recorded)
     repeat R times:   encode (compress) ─► decode with steps s₁ ─► decode with steps s₂ ─► …
+    count FLOPs:      encode, decode with one step (untimed; N steps = N UNet passes)
 
 Encoding and every number of decoding steps are interleaved within each repeat, so slow
 periods on a shared machine hit all of them alike and their ratios stay fair. Each run records
@@ -290,7 +291,7 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
     """
     import torch
 
-    from oscar.device import tune_cpu_allocator
+    from oscar.allocator import tune_cpu_allocator
 
     allocator_tuned = False if config.baseline else tune_cpu_allocator()
     if config.threads is not None:
@@ -317,10 +318,8 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
             return [codec.decompress(data[0], steps)]
         return codec.decode_batch([codec.unpack(d) for d in data], steps)
 
-    for _ in range(config.warmup):
-        data = encode()
-        for steps in config.steps:
-            decode(data, steps)
+    for _ in range(config.warmup):  # the fewest steps: every UNet shape is the same
+        decode(encode(), min(config.steps))
     encode_runs: list[Run] = []
     decode_runs: dict[int, list[Run]] = {s: [] for s in config.steps}
     outputs: dict[int, list[np.ndarray]] = {}
@@ -345,12 +344,12 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
     if config.flops:
         from oscar.stages import recording
 
-        for key, work in [("encode", encode)] + [
-            (str(s), lambda s=s: decode(files[0], s)) for s in config.steps
-        ]:
+        for key, work in [("encode", encode), ("1", lambda: decode(files[0], 1))]:
             with recording(FlopRecorder()) as counter:
                 work()
             flops[key] = counter.flops
+        for steps in config.steps:  # each DDIM step is one more UNet pass of the same shape
+            flops[str(steps)] = {**flops["1"], "unet": steps * flops["1"].get("unet", 0)}
 
     decoded_by_steps = {
         str(s): summarize_runs(decode_runs[s], DECODE_STAGES, config.batch) for s in config.steps
@@ -420,7 +419,7 @@ def decode_only(config: BenchConfig, path: Path) -> dict[str, Any]:
     Its peak memory is what decoding alone needs: in the main measurement the same process has
     encoded first, and memory the allocator keeps from that can raise the decoding peak.
     """
-    from oscar.device import tune_cpu_allocator
+    from oscar.allocator import tune_cpu_allocator
 
     allocator_tuned = False if config.baseline else tune_cpu_allocator()
     codec = _load_codec(config)

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from oscar import bitstream
+from oscar.allocator import allocator_for_pixels
 from oscar.bitstream import Container, Header, Limits
 from oscar.device import inference_memory_format, resolve_device, resolve_dtype
 from oscar.entropy import FixedLengthCoder, IndexCoder, PriorCoder, make_coder
@@ -47,6 +48,7 @@ from oscar.io import (
     image_to_tensor,
     load_image,
     pad,
+    padded_size,
     tensor_to_image,
     to_rgb,
 )
@@ -188,6 +190,7 @@ class OscarCodec:
         with stage("pad"):
             x = torch.cat([image_to_tensor(s.rgb) for s in sources]).to(self.device, self.dtype)
             x_pad = pad(x, self.pad_multiple)
+        allocator_for_pixels(x_pad.shape[0] * x_pad.shape[2] * x_pad.shape[3])
         with stage("vae_encode"):
             y = self.model.encode_latent(x_pad)
             codes = self.model.side_info(y).cpu().numpy()
@@ -355,6 +358,8 @@ class OscarCodec:
         ):
             raise ConfigError("a batch must hold records of one level and size")
         self.check_steps(steps, first.level)
+        ph, pw = padded_size(first.height, first.width, self.pad_multiple)
+        allocator_for_pixels(len(records) * ph * pw)
         model = self.model
         with stage("hyper_synthesis"):
             indices = torch.from_numpy(np.stack([r.indices for r in records])).to(self.device)

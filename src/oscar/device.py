@@ -60,32 +60,6 @@ def inference_memory_format(
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def tune_cpu_allocator() -> bool:
-    """Let glibc's malloc keep and reuse freed memory instead of returning it to the kernel.
-
-    By default every tensor over a few MB is a fresh ``mmap`` that the kernel zero-fills page by
-    page and unmaps again when freed; decoding a 768×512 image with the ``small`` model took
-    ~150 000 page faults, about a third of the VAE decoder's time. With mmap off for
-    allocations and a high trim threshold, the decoder reuses the same heap memory from call to
-    call (peak memory about the same, see BENCHMARKS.md). Process-wide, so only the ``oscar``
-    command calls it (a library user may call it too). Returns False where it does not apply
-    (not glibc) or when ``OSCAR_MALLOC_TUNING=0``.
-    """
-    import ctypes
-    import os
-    import sys
-
-    if os.environ.get("OSCAR_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))
-
-
 def is_accelerator(device: torch.device) -> bool:
     """True for devices whose kernels run asynchronously (CUDA), whose memory torch counts."""
     return device.type == "cuda"

@@ -62,11 +62,11 @@ def positive_int(text: str) -> int:
 
 def load_codec(args: argparse.Namespace):
     """An OscarCodec from the common model options (imports torch lazily)."""
+    from oscar.allocator import tune_cpu_allocator
     from oscar.bitstream import Limits
     from oscar.codec import OscarCodec
-    from oscar.device import tune_cpu_allocator
 
-    tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.device)
+    tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.allocator)
     limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
     return OscarCodec.from_pretrained(
         args.model,
