@@ -31,6 +31,8 @@ def test_steps_are_deterministic_and_one_is_the_default(tiny_codec):
     assert four.shape == default.shape and not np.array_equal(four, default)
     record = tiny_codec.unpack(data)
     assert np.array_equal(tiny_codec.decode(record, steps=4), four)
+    with pytest.raises(ConfigError):
+        tiny_codec.decode_batch([])
     batch = tiny_codec.decode_batch([record, record], steps=4)  # batched maths: rounding only
     assert np.array_equal(batch[0], batch[1])
     assert np.abs(batch[1].astype(int) - four).max() <= 2

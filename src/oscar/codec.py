@@ -222,6 +222,8 @@ class OscarCodec:
         """Images of one size → typed records, run through the networks as one batch."""
         self.rate(level)
         sources = [self.prepare_image(image) for image in images]
+        if not sources:
+            raise ImageError("a batch needs at least one image")
         if len({(s.height, s.width) for s in sources}) > 1:
             raise ImageError("a batch must hold images of one size")
         y, codes = self.encode_latents(sources)
@@ -351,6 +353,8 @@ class OscarCodec:
     @torch.inference_mode()
     def decode_batch(self, records: Sequence[EncodedImage], steps: int = 1) -> list[np.ndarray]:
         """Records of one level and size → images, run through the networks as one batch."""
+        if not records:
+            raise ConfigError("a batch needs at least one record")
         first = records[0]
         if any(
             (r.level, r.height, r.width) != (first.level, first.height, first.width)
