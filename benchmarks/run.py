@@ -171,6 +171,10 @@ def decode_peak(result: dict) -> float:
     return result["decode"]["1"]["peak_memory_mb"]
 
 
+def _db(value: float | None) -> str:
+    return "identical" if value is None else f"{value:.1f} dB"
+
+
 def _ok(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
@@ -267,9 +271,9 @@ def bf16_table(doc: dict | None, fp32: dict | None) -> str:
             ]
         )
     rows.append(["indices equal to float32's", "100 %", f"{d['indices_equal_fraction']:.1%}"])
-    rows.append(["decoder PSNR vs float32 (same file)", "∞", f"{d['decoder_psnr_db']:.1f} dB"])
+    rows.append(["decoder PSNR vs float32 (same file)", "∞", _db(d["decoder_psnr_db"])])
     rows.append(["largest pixel difference (same file)", "0", str(d["decoder_max_abs_diff"])])
-    rows.append(["end-to-end PSNR vs float32", "∞", f"{d['end_to_end_psnr_db']:.1f} dB"])
+    rows.append(["end-to-end PSNR vs float32", "∞", _db(d["end_to_end_psnr_db"])])
     return markdown_table(["768×512", "float32", "bfloat16"], rows)
 
 

@@ -60,6 +60,10 @@ def _check_result(result, steps):
     assert result["file_bytes"] > 0 and result["deterministic"]
 
 
+def _no_constant(name):
+    raise AssertionError(f"{name} is not valid JSON")
+
+
 def test_bench_command_writes_json(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "results.json"
     argv = ["bench", "--model", str(tiny_model_dir), "--sizes", "64x48", "--steps", "1,2"]
@@ -67,7 +71,7 @@ def test_bench_command_writes_json(tiny_model_dir, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "vae_decode" in printed and "hyper_synthesis" in printed
-    doc = json.loads(out.read_text())
+    doc = json.loads(out.read_text(), parse_constant=_no_constant)  # strict JSON: no NaN
     assert doc["schema"] == "oscar-bench/1"
     assert {"cpu", "usable_cpus", "torch_threads"} <= set(doc["machine"])
     assert doc["versions"]["torch"] and "commit" in doc["git"]

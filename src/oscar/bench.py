@@ -268,9 +268,10 @@ class FlopRecorder:
 
 
 # ----------------------------------------------------------------------------- running
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
+    """PSNR in dB of two uint8 images; None when they are identical (JSON has no infinity)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    return None if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def _load_codec(config: BenchConfig, dtype: str | None = None):

@@ -23,6 +23,10 @@ def _gflop(value: float) -> str:
     return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
 
 
+def _db(value: float | None) -> str:
+    return "identical" if value is None else f"{value:.1f} dB"
+
+
 def _spread(stats: dict[str, Any]) -> str:
     return f"{_s(stats['p25'])}–{_s(stats['p75'])}"
 
@@ -170,7 +174,7 @@ def text_report(doc: dict[str, Any]) -> str:
         if "vs_float32" in r:
             d = r["vs_float32"]
             out.append(
-                f"vs float32: decoder PSNR {d['decoder_psnr_db']:.1f} dB (max |diff| "
+                f"vs float32: decoder PSNR {_db(d['decoder_psnr_db'])} (max |diff| "
                 f"{d['decoder_max_abs_diff']}), indices equal {d['indices_equal_fraction']:.1%}"
             )
     return "\n".join(out)
