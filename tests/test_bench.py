@@ -86,6 +86,7 @@ def test_bench_usage_errors(tiny_model_dir, capsys):
     assert main([*base, "--sizes", "64"]) == 1
     assert main([*base, "--levels", "9"]) == 1
     assert main([*base, "--steps", "x"]) == 2
+    assert main([*base, "--dtype", "float8"]) == 1
     assert main([*base, "--sizes", "64x48", "--steps", "1,999"]) == 1
     assert "steps" in capsys.readouterr().err
 

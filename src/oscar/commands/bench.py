@@ -38,13 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "allocator on GPU, resident set size on CPU). Decoding with each --steps value is "
         "interleaved with encoding in every repeat. Prints tables; -o writes JSON.",
     )
-    p.add_argument("--model", metavar="DIR", default=None, help="model directory")
+    p.add_argument(
+        "--model", metavar="DIR", default=None, help="model directory (default: embedded model)"
+    )
     p.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated WIDTHxHEIGHT sizes")
     p.add_argument(
-        "--levels", type=_int_list, default=None, help="levels (default: highest-rate level)"
+        "--levels",
+        type=_int_list,
+        default=None,
+        metavar="LEVELS",
+        help="comma-separated levels (default: the highest-rate level)",
     )
-    p.add_argument("--steps", type=_int_list, default=[1, 4, 20], help="decoding steps to time")
-    p.add_argument("--batch", type=_int_list, default=[1], help="batch sizes (images per call)")
+    p.add_argument("--steps", type=_int_list, default="1,4,20", help="decoding steps to time")
+    p.add_argument("--batch", type=_int_list, default="1", help="batch sizes (images per call)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="float32", help="comma-separated: float32, bfloat16, float16")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats")
@@ -53,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baseline",
         action="store_true",
-        help="measure the untuned CPU path (default allocator, contiguous VAE tensors)",
+        help="measure the path before tuning (glibc's default allocator, the networks "
+        "exactly as diffusers builds them)",
     )
     p.add_argument(
         "--isolate",
@@ -69,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from oscar.bench import BenchConfig, parse_size, run_benchmark
     from oscar.bench_report import text_report
-    from oscar.device import resolve_device
+    from oscar.device import resolve_device, resolve_dtype
     from oscar.pretrained import read_config, resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
@@ -81,8 +88,10 @@ def run_bench(args: argparse.Namespace) -> int:
     levels = args.levels or [max(config.levels, key=lambda lv: lv.nominal_bpp).level]
     for level in levels:
         config.level(level)
-    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
     device = resolve_device(args.device)
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    for dtype in dtypes:
+        resolve_dtype(dtype, device)  # unknown names: one clear error before any work
     isolate = args.isolate if args.isolate is not None else device.type == "cpu"
     configs = [
         BenchConfig(
