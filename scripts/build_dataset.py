@@ -200,8 +200,8 @@ def skip_reason_by_name(rel_path: str, is_symlink: bool) -> str | None:
 
 def to_rgb(image: Image.Image) -> tuple[Image.Image, float]:
     """RGB copy (EXIF orientation, sRGB) and the fraction of pixels with alpha below 250."""
+    icc = image.info.get("icc_profile")  # read before a transpose, whose result may lack it
     image = ImageOps.exif_transpose(image)
-    icc = image.info.get("icc_profile")
     transparent = 0.0
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
         alpha = np.asarray(image.convert("RGBA"))[..., 3]
@@ -554,6 +554,8 @@ def write_manifest(rows: Iterable[dict[str, str]], path: Path) -> None:
 
 
 def read_manifest(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise DatasetError(f"no manifest at {path}")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = set(MANIFEST_FIELDS) - set(reader.fieldnames or ())

@@ -207,6 +207,9 @@ def test_manifest_round_trip_and_verify(bd, tmp_path):
         "train/stray.jpg: not in the manifest",
     ]
     assert bd.main(["--out", str(tmp_path), "--manifest", str(manifest), "--verify"]) == 1
+    assert (
+        bd.main(["--out", str(tmp_path), "--manifest", str(tmp_path / "no.csv"), "--verify"]) == 1
+    )
 
 
 def test_clear_error_without_apt(bd, tmp_path, monkeypatch):
