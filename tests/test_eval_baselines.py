@@ -106,3 +106,15 @@ def test_bd_rate_refuses_what_it_cannot_compute():
     assert value is None and "1 usable point" in note
     value, note = bd_rate(anchor, [(0.15, 33.0), (0.3, 37.0)])
     assert value is not None and math.isfinite(value) and "overlap" in note
+
+
+def test_published_csv(tmp_path):
+    from conftest import ROOT
+    from oscar.evaluation.plots import read_published
+
+    points = read_published(ROOT / "docs" / "published" / "oscar-kodak.csv")
+    assert len(points) == 16 and {p.metric for p in points} == {"dists", "lpips_vgg"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("codec,bpp,metric,value\nX,0.1,sharpness,3\n")
+    with pytest.raises(ConfigError, match="unknown metric 'sharpness'"):
+        read_published(bad)

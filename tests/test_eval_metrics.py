@@ -111,8 +111,8 @@ def test_missing_weights_give_one_clear_line(no_caches):
 
 
 def test_perceptual_modules_with_random_weights(weights_dir, no_caches):
-    x = torch.from_numpy(make_image(48, 64)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    y = torch.from_numpy(make_image(48, 64, seed=5)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = torch.from_numpy(make_image(32, 40)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    y = torch.from_numpy(make_image(32, 40, seed=5)).permute(2, 0, 1)[None].float() / 127.5 - 1
     for name in ("lpips_alex", "lpips_vgg", "dists"):
         assert unavailable_reason(name, weights_dir) is None
         module = load_perceptual(name, weights_dir)

@@ -81,13 +81,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_eval)
 
 
-def _shard():
-    """(index, count, device, state) under ``accelerate launch``; (0, 1, None, None) otherwise."""
+def _shard(device: str):
+    """(index, count, device, state) under ``accelerate launch`` / ``torchrun``; (0, 1, None,
+    None) for a single process. Without CUDA (or with ``--device cpu``) processes share the CPU."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None, None
     try:
         from accelerate import PartialState
     except ImportError:
-        return 0, 1, None, None
-    state = PartialState()
+        raise ConfigError("several processes need `accelerate` (pip install accelerate)") from None
+    import torch
+
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     if state.num_processes <= 1:
         return 0, 1, None, None
     return state.process_index, state.num_processes, state.device, state
@@ -142,9 +149,11 @@ def run_eval(args: argparse.Namespace) -> int:
     )
 
     out = Path(args.output)
-    index, count, shard_device, state = _shard()
-    if index == 0 and out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+    index, count, shard_device, state = _shard(args.device)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
+    if state is not None:  # every process has checked OUT before any of them writes to it
+        state.wait_for_everyone()
     baselines = get_baselines(args.baselines)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.fid_whole and "fid_whole" not in metrics:
@@ -153,7 +162,7 @@ def run_eval(args: argparse.Namespace) -> int:
     images = list_images(args.data, args.max_images)
     if not images:
         raise ConfigError("no images found in " + ", ".join(args.data))
-    if shard_device is not None and args.device == "auto":
+    if shard_device is not None and shard_device.type == "cuda" and args.device == "auto":
         args.device = str(shard_device)
     codec = load_codec(args)
     levels = tuple(parse_levels(args.levels, codec.model.config.level_numbers))

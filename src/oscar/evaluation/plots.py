@@ -88,7 +88,7 @@ def plot_rd(
     colours = _colours(list({a.codec for a in aggregates} | {p.codec for p in published}))
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(5.2 * cols, 4.0 * rows), layout="constrained")
+    fig = Figure(figsize=(5.2 * cols, 4.0 * rows + 1.2), layout="constrained")
     for i, metric in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         for codec, points in by_codec.items():
@@ -114,14 +114,8 @@ def plot_rd(
                 if a.kind == "matched" and a.codec == codec
             ]
             xy = [(x, y) for x, y in xy if _ok(y)]
-            if xy:
-                ax.plot(
-                    *zip(*xy, strict=True),
-                    "x",
-                    ms=6,
-                    color=colours[codec],
-                    label=f"{codec} (matched to ours)",
-                )
+            if xy:  # one legend entry for all of them (added below)
+                ax.plot(*zip(*xy, strict=True), "x", ms=6, color=colours[codec])
         for codec in sorted({p.codec for p in published if p.metric == metric}):
             pts = sorted(
                 (p.bpp, p.value) for p in published if p.metric == metric and p.codec == codec
@@ -140,8 +134,18 @@ def plot_rd(
         ax.set_ylabel(LABELS.get(metric, metric))
         ax.set_title(LABELS.get(metric, metric))
         ax.grid(True, which="both", alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=7)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    for ax in fig.axes[1:]:  # entries that only appear in later panels (published numbers)
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    from matplotlib.lines import Line2D
+
+    if any(a.kind == "matched" for a in aggregates):
+        handles.append(Line2D([], [], ls="", marker="x", color="#444444"))
+        labels.append("× matched to our rate (colour = codec)")
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
     out_stem.parent.mkdir(parents=True, exist_ok=True)

@@ -125,8 +125,8 @@ tr.ours td { background: #fff3f0; font-weight: 600; }
 figure { margin: 0; text-align: center; font-size: 12px; }
 figure img { display: block; width: 200px; height: auto; image-rendering: pixelated;
   border: 1px solid #bbb; }
-.compare { margin-top: 10px; } .stage { position: relative; display: inline-block;
-  border: 1px solid #888; line-height: 0; }
+.compare { margin-top: 10px; } .stage { position: relative; display: block; width: 400px;
+  margin: 6px 0; border: 1px solid #888; line-height: 0; }
 .stage img { width: 400px; height: auto; image-rendering: pixelated; }
 .stage img.over { position: absolute; left: 0; top: 0; }
 .compare input[type=range] { width: 400px; display: block; }

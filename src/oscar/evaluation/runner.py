@@ -69,6 +69,7 @@ class EvalOptions:
         crops: number of images (the first ones) whose crops go into the report.
         crop_size: side of the square crop, in pixels (smaller images: their shorter side).
         max_images: evaluate only the first N images (sorted by name).
+        warmup: code the first image once, untimed, before timing anything.
     """
 
     levels: tuple[int, ...] | None = None
@@ -77,6 +78,7 @@ class EvalOptions:
     crops: int = 3
     crop_size: int = 192
     max_images: int | None = None
+    warmup: bool = True
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,8 @@ def evaluate_images(
         target.patches += feats.patches
         target.whole += feats.whole
 
-    if mine:  # warm-up (lazy initialisation, kernel selection) so that timings are steady
+    # warm-up (lazy initialisation, kernel selection) so that the timings are steady ones
+    if mine and options.warmup:
         _code_oscar(codec, codec.prepare_image(mine[0][1][0]), levels[0])
     bar = tqdm(mine, desc="evaluating", unit="img", disable=not progress or None)
     for index, (path, name) in bar:
