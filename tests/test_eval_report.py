@@ -27,9 +27,8 @@ from oscar.evaluation.runner import (
     evaluate_oscar,
     finalize,
     list_images,
-    load_partial,
-    save_partial,
 )
+from oscar.evaluation.shards import load_partial, save_partial
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -144,9 +144,8 @@ def run_eval(args: argparse.Namespace) -> int:
         evaluate_images,
         finalize,
         list_images,
-        load_partial,
-        save_partial,
     )
+    from oscar.evaluation.shards import load_partial, save_partial
 
     out = Path(args.output)
     index, count, shard_device, state = _shard(args.device)

@@ -9,7 +9,9 @@ Modules (one job each):
 - ``metrics``     PSNR, MS-SSIM and the per-image metric suite
 - ``baselines``   JPEG, WebP, AVIF, JPEG XL, JPEG 2000 through imagecodecs; rate matching
 - ``records``     typed per-image and aggregate records, JSON/CSV in and out
-- ``runner``      the evaluation loop (``evaluate_oscar`` for training validation, ``run``)
+- ``runner``      the evaluation loop (``evaluate_oscar`` for training validation, and the
+                  full protocol: ``evaluate_images`` + ``finalize``)
+- ``shards``      one process's partial results on disk, merged by process 0
 - ``bdrate``      Bjøntegaard delta rate against an anchor
 - ``plots``       rate–distortion plots (PNG and SVG)
 - ``report``      the HTML report with crops and a comparison slider
