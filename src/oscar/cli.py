@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "oscar.commands.coding",
     "oscar.commands.models",
     "oscar.commands.training",
+    "oscar.commands.evaluation",
 )
 
 
