@@ -64,10 +64,10 @@ def make_perceptual(kind: str, fallback: str, weights_dir: str | None) -> tuple[
     if kind in ("lpips_vgg", "lpips_alex", "dists"):
         module, reason = None, "oscar.evaluation is not available"
         try:
-            from oscar.evaluation.perceptual import load_perceptual, missing_reason
+            from oscar.evaluation.perceptual import load_perceptual, unavailable_reason
 
             module = load_perceptual(kind, weights_dir)
-            reason = "" if module is not None else missing_reason(kind, weights_dir)
+            reason = "" if module is not None else unavailable_reason(kind, weights_dir)
         except ImportError:
             pass
         if module is not None:

@@ -111,7 +111,7 @@ class Stage:
         if not self.validation_images or not self.ctx.is_main:
             return {}
         from oscar.codec import OscarCodec
-        from oscar.evaluation.runner import evaluate_oscar, summarize
+        from oscar.evaluation.runner import aggregate, evaluate_oscar
         from oscar.pretrained import LoadedModel
 
         was_training = self.model.training
@@ -127,10 +127,11 @@ class Stage:
                 save_dir=save_dir,
             )
             metrics = {}
-            for row in summarize(records):
-                for name in ("bpp", "psnr", "ms_ssim"):
-                    if row.get(name) is not None:
-                        metrics[f"val/level{row['level']}/{name}"] = float(row[name])
+            for row in aggregate(records):
+                metrics[f"val/level{row.level}/bpp"] = row.bpp
+                for name, value in row.metrics.items():
+                    if value is not None:
+                        metrics[f"val/level{row.level}/{name}"] = float(value)
         finally:
             self.model.train(was_training)
         self.log_validation(metrics, step)
