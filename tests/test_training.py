@@ -344,3 +344,18 @@ def test_shipped_recipes_parse():
     for name in ("train_tiny.yaml", "train_small.yaml"):
         config = TrainConfig.load(CONFIGS / name)
         assert config.stages
+
+
+def test_periodic_validation_uses_the_evaluation_code(tmp_path, data_dirs, tiny_model_dir):
+    config = recipe(tmp_path, data_dirs, [
+        {"kind": "hyper", "steps": 2, "batch_size": 1, "lr": 1e-3, "levels": [0, 7]},
+    ], init_from=str(tiny_model_dir), validate_every=1)
+    run_recipe(config)
+    sdir = stage_dir(config, 0)
+    done = json.loads((sdir / "done.json").read_text())
+    for level in (0, 7):
+        assert 0 < done["validation"][f"val/level{level}/psnr"] < 100
+        assert done["validation"][f"val/level{level}/bpp"] > 0
+    samples = sorted((sdir / "samples").rglob("*.png"))
+    assert len(samples) >= 2 * 2  # two held-out images at two levels, per validation
+    assert list((sdir / "logs").rglob("events.out.tfevents*"))  # TensorBoard
