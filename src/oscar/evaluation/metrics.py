@@ -296,5 +296,5 @@ class MetricSuite:
 
 def _to_unit_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (H, W, 3) → (1, 3, H, W) float32 in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)[None]
     return (x.to(device, torch.float32) / 127.5) - 1.0
