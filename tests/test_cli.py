@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import CONFIGS, make_image
@@ -212,3 +213,28 @@ def test_installed_command(tiny_model_dir, tmp_path):
     r = run("info", str(tmp_path / "missing.oscar"))
     assert r.returncode == 1 and "no such file" in r.stderr
     assert run("--help").returncode == 0
+
+
+def test_demo_prints_every_level(tiny_model_dir, tmp_path, capsys):
+    Image.fromarray(make_image(64, 96)).save(tmp_path / "a.png")
+    assert (
+        main(
+            [
+                "demo",
+                str(tmp_path / "a.png"),
+                "--model",
+                str(tiny_model_dir),
+                "--repeats",
+                "1",
+                "-o",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln[:5].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4, 5, 6, 7]
+    for r in rows:
+        level = int(r[0])
+        size = (tmp_path / "out" / f"level{level}.oscar").stat().st_size
+        assert int(r[3]) == size and float(r[2]) == pytest.approx(size * 8 / (64 * 96), abs=1e-4)

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "oscar.commands.models",
     "oscar.commands.training",
     "oscar.commands.evaluation",
+    "oscar.commands.demo",
 )
 
 
