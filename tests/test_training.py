@@ -347,9 +347,15 @@ def test_shipped_recipes_parse():
 
 
 def test_periodic_validation_uses_the_evaluation_code(tmp_path, data_dirs, tiny_model_dir):
-    config = recipe(tmp_path, data_dirs, [
-        {"kind": "hyper", "steps": 2, "batch_size": 1, "lr": 1e-3, "levels": [0, 7]},
-    ], init_from=str(tiny_model_dir), validate_every=1)
+    config = recipe(
+        tmp_path,
+        data_dirs,
+        [
+            {"kind": "hyper", "steps": 2, "batch_size": 1, "lr": 1e-3, "levels": [0, 7]},
+        ],
+        init_from=str(tiny_model_dir),
+        validate_every=1,
+    )
     run_recipe(config)
     sdir = stage_dir(config, 0)
     done = json.loads((sdir / "done.json").read_text())
