@@ -128,7 +128,8 @@ class OscarCodec:
         # Inference optimisations (BENCHMARKS.md); ``optimize=False`` runs the networks as
         # diffusers builds them, for comparisons. In-place VAE activations change no value. The
         # channels-last VAE decoder (CPU) may change pixels by float rounding; the encoder keeps
-        # its layout so that the bytes written stay exactly as before.
+        # its layout so that the bytes written stay exactly as before. Both change the model
+        # passed in, in place: callers that go on training it pass ``optimize=False``.
         self.memory_format = inference_memory_format(self.device, None if optimize else False)
         if optimize:
             use_inplace_activations(self.model.vae)
