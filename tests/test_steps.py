@@ -38,6 +38,13 @@ def test_steps_are_deterministic_and_one_is_the_default(tiny_codec):
     assert np.abs(batch[1].astype(int) - four).max() <= 2
 
 
+def test_multi_step_decoding_draws_no_random_numbers(tiny_codec):
+    data = tiny_codec.compress(make_image(32, 48, seed=5), 7)
+    state = torch.get_rng_state()
+    tiny_codec.decompress(data, steps=5)  # DDIM with eta = 0: no noise, no generator touched
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 @pytest.mark.parametrize("steps", [0, -1, 151, 2.5, True])
 def test_bad_steps_are_refused(tiny_codec, steps):
     data = tiny_codec.compress(make_image(16, 16), 7)  # level 7: timestep 150
