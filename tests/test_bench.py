@@ -79,6 +79,17 @@ def test_bench_command_writes_json(tiny_model_dir, tmp_path, capsys):
     for result in doc["results"]:
         assert result["config"]["level"] == 7 and result["config"]["width"] == 64
         _check_result(result, [1, 2])
+        assert result["encode"]["total"]["gflop"] > 0 and result["decode"]["2"]["total"]["gflop"]
+
+
+def test_bench_without_flop_counting(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    argv = ["bench", "--model", str(tiny_model_dir), "--sizes", "40x24", "--steps", "1"]
+    argv += ["--repeats", "1", "--warmup", "0", "--no-flops", "--no-isolate", "-o", str(out)]
+    assert main(argv) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    _check_result(result, [1])
+    assert "gflop" not in result["encode"]["total"] and "GFLOP" not in capsys.readouterr().out
 
 
 def test_bench_usage_errors(tiny_model_dir, capsys):
@@ -87,6 +98,7 @@ def test_bench_usage_errors(tiny_model_dir, capsys):
     assert main([*base, "--levels", "9"]) == 1
     assert main([*base, "--steps", "x"]) == 2
     assert main([*base, "--dtype", "float8"]) == 1
+    assert main([*base, "--warmup", "-1"]) == 2
     assert main([*base, "--sizes", "64x48", "--steps", "1,999"]) == 1
     assert "steps" in capsys.readouterr().err
 

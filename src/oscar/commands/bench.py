@@ -25,6 +25,13 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from oscar.cli import HelpFormatter
 
@@ -54,13 +61,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="float32", help="comma-separated: float32, bfloat16, float16")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs")
+    p.add_argument("--warmup", type=_non_negative, default=1, help="untimed warm-up runs")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument(
         "--baseline",
         action="store_true",
         help="measure the path before tuning (glibc's default allocator, the networks "
         "exactly as diffusers builds them)",
+    )
+    p.add_argument(
+        "--flops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count floating-point operations per stage (one more untimed encode and decode; "
+        "--no-flops saves that time on large images)",
     )
     p.add_argument(
         "--isolate",
@@ -107,6 +121,7 @@ def run_bench(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             threads=args.threads,
             baseline=args.baseline,
+            flops=args.flops,
         )
         for (h, w) in sizes
         for level in levels
