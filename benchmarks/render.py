@@ -323,7 +323,7 @@ def render(results: Path, template: Path) -> str:
     fields = {
         "banner": banner,
         "provenance": info,
-        "level": f"level {level}" if level is not None else "the highest-rate level",
+        "level": "the highest-rate level" + (f" ({level})" if level is not None else ""),
         "targets": targets_table(docs),
         "steps_note": steps_note(docs),
         "main": group_section(docs["main"], stages=True),
@@ -343,6 +343,7 @@ def render(results: Path, template: Path) -> str:
     text = template.read_text()
     for key, value in fields.items():
         text = text.replace("{{" + key + "}}", value)
+    text = re.sub(r"\n{3,}", "\n\n", text)  # fields that rendered empty
     missing = re.findall(r"\{\{(\w+)\}\}", text)
     if missing:
         raise SystemExit(f"template fields without values: {missing}")
