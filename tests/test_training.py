@@ -365,3 +365,21 @@ def test_periodic_validation_uses_the_evaluation_code(tmp_path, data_dirs, tiny_
     samples = sorted((sdir / "samples").rglob("*.png"))
     assert len(samples) >= 2 * 2  # two held-out images at two levels, per validation
     assert list((sdir / "logs").rglob("events.out.tfevents*"))  # TensorBoard
+
+
+def test_ema_forgets_the_initial_weights():
+    """With decay warm-up the average follows the trained weights, not the random init."""
+    from oscar.training.loop import EMA
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    ema = EMA([p], decay=0.999)
+    with torch.no_grad():
+        p.fill_(1.0)
+    for _ in range(200):
+        ema.update()
+    # Without warm-up the shadow would be 1 - 0.999**200 = 0.18.
+    assert ema.shadow[0].min().item() > 0.999
+    state = ema.state_dict()
+    again = EMA([p], decay=0.999)
+    again.load_state_dict(state)
+    assert again.updates == 200 and again.current_decay() == ema.current_decay()
