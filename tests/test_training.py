@@ -192,11 +192,16 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
     monkeypatch.setattr(JointStage, "train_step", crash_at_4)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_recipe(crashed)
-    assert (stage_dir(crashed, 0) / "checkpoints" / "step-0000003").is_dir()
+    checkpoint = stage_dir(crashed, 0) / "checkpoints" / "step-0000003"
+    assert checkpoint.is_dir()
+    before = json.loads((checkpoint / "trainer_state.json").read_text())["wall_seconds"]
     with pytest.raises(ConfigError, match="--resume"):
         run_recipe(crashed)
     monkeypatch.setattr(JointStage, "train_step", original)
     run_recipe(crashed, resume=True)
+    # The reported wall time covers the run before the crash as well.
+    done = json.loads((stage_dir(crashed, 0) / "done.json").read_text())
+    assert before > 0 and done["wall_seconds"] >= before
 
     a = _weights(stage_dir(straight, 0) / "model")
     b = _weights(stage_dir(crashed, 0) / "model")

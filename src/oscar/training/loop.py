@@ -98,6 +98,12 @@ class LoopContext:
     accelerator: Any
     optimized: list[Optimized] = field(default_factory=list)
     ema: EMA | None = None
+    # Wall time of this stage: earlier runs (restored from the checkpoint) + since ``started``.
+    seconds_before: float = 0.0
+    started: float = field(default_factory=time.time)
+
+    def wall_seconds(self) -> float:
+        return self.seconds_before + (time.time() - self.started)
 
     @property
     def device(self) -> torch.device:
@@ -214,7 +220,8 @@ def save_checkpoint(ctx: LoopContext, step: int) -> Path:
     acc.save_state(str(tmp))
     acc.wait_for_everyone()  # every process has written its part before the rename
     if ctx.is_main:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "stage": ctx.stage.kind}))
+        state = {"step": step, "stage": ctx.stage.kind, "wall_seconds": ctx.wall_seconds()}
+        (tmp / STATE_FILE).write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # a checkpoint exists only once complete
         for old in checkpoint_dirs(ctx.stage_dir)[: -ctx.config.keep_checkpoints]:
@@ -230,7 +237,10 @@ def load_latest_checkpoint(ctx: LoopContext) -> int:
         return 0
     latest = found[-1]
     ctx.accelerator.load_state(str(latest))
-    step = int(json.loads((latest / STATE_FILE).read_text())["step"])
+    state = json.loads((latest / STATE_FILE).read_text())
+    step = int(state["step"])
+    # Checkpoints written before wall time was recorded count from the resume.
+    ctx.seconds_before = float(state.get("wall_seconds", 0.0))
     log.info("resumed %s from %s (step %d)", ctx.stage.kind, latest, step)
     return step
 
