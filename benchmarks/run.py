@@ -1,6 +1,6 @@
 """Regenerate BENCHMARKS.md: run ``oscar bench`` groups, keep their JSON, rewrite the tables.
 
-    python benchmarks/run.py                 # the full set (about 9 minutes on 2 idle cores)
+    python benchmarks/run.py                 # the full set (about 8 minutes on 2 idle cores)
     python benchmarks/run.py --quick         # smoke run into /tmp/oscar-bench-quick/ (~2 min)
     python benchmarks/run.py --render-only   # rewrite BENCHMARKS.md from benchmarks/results/
 
@@ -66,7 +66,7 @@ GROUPS: dict[str, tuple[str, list[str], list[str] | None]] = {
     ),
     "steps-1080p": (
         "1920×1080, one step vs 4 and 20 DDIM steps",
-        ["--sizes", "1920x1080", "--steps", "1,4,20", "--repeats", "1"],
+        ["--sizes", "1920x1080", "--steps", "1,4,20", "--repeats", "2"],
         None,
     ),
     "bfloat16": (
