@@ -1,0 +1,179 @@
+"""Models that reference a diffusers base folder (--base-model), weight layouts, LoRA, dtypes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from conftest import make_image
+from oscar.cli import main
+from oscar.codec import OscarCodec
+from oscar.errors import ModelError
+from oscar.pretrained import BASE_MODEL_ENV, PARTS_FILE, load_model, save_model
+from tiny_sd import save_tiny_base, tiny_sd_model
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return save_tiny_base(tmp_path_factory.mktemp("sd_base"))
+
+
+@pytest.fixture(scope="module")
+def lora_model(base_dir):
+    return tiny_sd_model(base_dir)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, base_dir, lora_model):
+    path = tmp_path_factory.mktemp("on_base") / "model"
+    save_model(lora_model, path, include_base=False)
+    return path
+
+
+def test_model_directory_references_the_base(model_dir, base_dir, lora_model):
+    assert sorted(p.name for p in model_dir.iterdir()) == ["oscar.json", PARTS_FILE]
+    meta = json.loads((model_dir / "oscar.json").read_text())
+    assert meta["config"]["base_model"] == str(base_dir)
+    assert meta["base"]["scheduler"]["prediction_type"] == "v_prediction"
+    loaded = load_model(model_dir).model
+    assert loaded.unet_adapter is not None and loaded.unet_adapter.merged
+    assert not any(".lora_" in n for n, _ in loaded.unet.named_parameters())  # merged, no peft
+    g = torch.Generator().manual_seed(0)
+    indices = torch.randint(0, 16, (1, 4, 4), generator=g)
+    codes = torch.tensor([[150, 160, 170, 180]], dtype=torch.uint8)
+    with torch.no_grad():
+        want = lora_model.decode_indices(indices, codes, 4)  # peft, unmerged
+        got = loaded.decode_indices(indices, codes, 4)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_base_model_option_and_environment(tmp_path, model_dir, base_dir, monkeypatch):
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(base_dir, moved)
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    meta = json.loads((model / "oscar.json").read_text())
+    meta["config"]["base_model"] = str(tmp_path / "gone")
+    (model / "oscar.json").write_text(json.dumps(meta))
+    monkeypatch.delenv(BASE_MODEL_ENV, raising=False)
+    with pytest.raises(ModelError, match=r"gone.*does not exist; pass --base-model"):
+        load_model(model)
+    expected = load_model(model_dir).fingerprint
+    assert load_model(model, base_model=moved).fingerprint == expected
+    monkeypatch.setenv(BASE_MODEL_ENV, str(moved))
+    assert load_model(model).fingerprint == expected
+    monkeypatch.delenv(BASE_MODEL_ENV)
+
+    image = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.fromarray(make_image(40, 56)).save(image)
+    common = ["--model", str(model), "--base-model", str(moved), "--device", "cpu"]
+    assert (
+        main(["compress", str(image), "-o", str(tmp_path / "a.oscar"), "--level", "5", *common])
+        == 0
+    )
+    assert (
+        main(["decompress", str(tmp_path / "a.oscar"), "-o", str(tmp_path / "a.png"), *common]) == 0
+    )
+    assert Image.open(tmp_path / "a.png").size == (56, 40)
+
+
+def test_fingerprint_covers_base_weights(tmp_path, model_dir, base_dir):
+    base = tmp_path / "base"
+    shutil.copytree(base_dir, base)
+    before = load_model(model_dir, base_model=base).fingerprint
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    with torch.no_grad():
+        unet.conv_out.bias.add_(1e-3)
+    unet.save_pretrained(base / "unet")
+    assert load_model(model_dir, base_model=base).fingerprint != before
+
+
+def test_sharded_and_fp16_variant_layouts(tmp_path, model_dir, base_dir):
+    expected = load_model(model_dir).fingerprint
+    sharded = tmp_path / "sharded"
+    shutil.copytree(base_dir, sharded)
+    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    (sharded / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    unet.save_pretrained(sharded / "unet", max_shard_size="20KB")
+    assert (sharded / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert len(list((sharded / "unet").glob("*.safetensors"))) > 2
+    assert load_model(model_dir, base_model=sharded).fingerprint == expected  # same tensors
+
+    half = tmp_path / "fp16"
+    shutil.copytree(base_dir, half)
+    (half / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    unet.half().save_pretrained(half / "unet", variant="fp16")
+    assert (half / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = load_model(model_dir, base_model=half)
+    assert loaded.fingerprint != expected  # other weights (rounded to float16), other model
+    assert loaded.model.unet.dtype == torch.float32  # stored float16, run float32
+
+    broken = tmp_path / "broken_shards"
+    shutil.copytree(sharded, broken)
+    next(iter(sorted((broken / "unet").glob("*-00002-*.safetensors")))).unlink()
+    with pytest.raises(ModelError, match="UNet shard is missing"):
+        load_model(model_dir, base_model=broken)
+
+
+def test_clear_errors_for_missing_or_mismatched_parts(tmp_path, model_dir, base_dir):
+    def copy(name):
+        shutil.copytree(base_dir, tmp_path / name)
+        return tmp_path / name
+
+    no_unet = copy("no_unet")
+    shutil.rmtree(no_unet / "unet")
+    with pytest.raises(ModelError, match=r"UNet config is missing: .*no_unet/unet/config\.json"):
+        load_model(model_dir, base_model=no_unet)
+
+    pickled = copy("pickled")
+    weights = pickled / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(ModelError, match=r"only pickled weights .*\.bin.*safetensors only"):
+        load_model(model_dir, base_model=pickled)
+
+    epsilon = copy("epsilon")
+    path = epsilon / "scheduler" / "scheduler_config.json"
+    path.write_text(path.read_text().replace("v_prediction", "epsilon"))
+    with pytest.raises(ModelError, match=r"scheduler config differs .*prediction_type 'epsilon'"):
+        load_model(model_dir, base_model=epsilon)
+
+    other_class = copy("other_class")
+    path = other_class / "unet" / "config.json"
+    path.write_text(path.read_text().replace("UNet2DConditionModel", "UNet2DModel"))
+    with pytest.raises(ModelError, match="expected a UNet2DConditionModel"):
+        load_model(model_dir, base_model=other_class)
+
+    wider = copy("wider")
+    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    state = unet.state_dict()
+    state["conv_in.weight"] = torch.zeros(8, 4, 5, 5)
+    from safetensors.torch import save_file
+
+    save_file(state, str(wider / "unet" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(ModelError, match=r"wrong shape: conv_in\.weight"):
+        load_model(model_dir, base_model=wider)
+
+
+def test_dtypes_interchange(model_dir):
+    """Files made in one dtype decode in another (indices are coded from integers)."""
+    f32 = OscarCodec.from_pretrained(model_dir, device="cpu")
+    bf16 = OscarCodec.from_pretrained(model_dir, device="cpu", dtype="bfloat16")
+    assert bf16.model.unet.dtype == torch.bfloat16 and bf16.model.vae.dtype == torch.bfloat16
+    assert bf16.model.hyper["0"].g_a[0].weight.dtype == torch.float32
+    assert bf16.fingerprint == f32.fingerprint
+    image = make_image(48, 64, seed=3)
+    made_f32, made_bf16 = f32.compress(image, 7), bf16.compress(image, 7)
+    a, b = f32.decompress(made_bf16), bf16.decompress(made_f32)
+    assert a.shape == b.shape == image.shape
+    ref = f32.decompress(made_f32)
+    assert np.abs(b.astype(int) - ref).mean() < 4.0  # bfloat16 rounding, same image
+    half = load_model(model_dir, dtype=torch.float16).model
+    assert half.unet.dtype == torch.float16
+    assert half.vae.dtype == torch.float32  # SD's VAE overflows in float16 (force_upcast)
