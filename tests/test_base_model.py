@@ -15,7 +15,13 @@ from oscar.cli import main
 from oscar.codec import OscarCodec
 from oscar.errors import ModelError
 from oscar.pretrained import BASE_MODEL_ENV, PARTS_FILE, load_model, save_model
-from tiny_sd import save_tiny_base, tiny_sd_model
+from tiny_sd import (
+    save_tiny_base,
+    single_thread,  # noqa: F401 (a fixture, used by pytestmark)
+    tiny_sd_model,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

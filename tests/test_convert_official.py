@@ -28,13 +28,15 @@ from oscar.errors import ModelError
 from oscar.io import image_to_tensor, tensor_to_image
 from oscar.models.norms import dequantize_rms
 from oscar.pretrained import load_model
-from tiny_sd import SD21, save_tiny_base
+from tiny_sd import SD21, save_tiny_base, single_thread  # noqa: F401 (fixture)
 
 APPENDIX_A = json.loads((ROOT / "tests" / "data" / "sd21_lora_modules.json").read_text())
 ADAPTERS = ("default_encoder", "default_decoder", "default_others")
 # (grid factor → cfg_ss = 512 / f, K, t) per level: §2.1 and §5.
 LEVELS = [(8, 256, 500), (16, 1024, 400), (32, 256, 310), (32, 2048, 280)]
 LEVELS += [(64, 16, 210), (64, 32, 190), (64, 64, 170), (64, 256, 150)]
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----------------------------------------------------------------------------- §2.3 key layout

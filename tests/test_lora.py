@@ -26,9 +26,12 @@ from oscar.models.lora import (
     merge_adapter,
     merge_lora,
 )
+from tiny_sd import single_thread  # noqa: F401 (a fixture, used by pytestmark)
 
 APPENDIX_A = json.loads((ROOT / "tests" / "data" / "sd21_lora_modules.json").read_text())
 ADAPTERS = ("default_encoder", "default_decoder", "default_others")
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
@@ -73,3 +74,12 @@ def tiny_sd_model(base: Path, seed: int = 0, lora_seed: int = 1) -> OscarModel:
             if ".lora_B." in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models run faster on one thread (and much faster on a shared, busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

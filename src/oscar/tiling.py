@@ -14,19 +14,23 @@ Diffusion), so every tile sees the same sampling phase as the whole image.
 
 Tiling is a decoder-side and encoder-side choice, not part of the file: the decoder needs only
 indices and side information, so a file made with or without tiles decodes either way. Tiling
-changes the networks' outputs slightly (each tile normalises its own GroupNorm statistics and
-attends only within itself), so a tiled encoder may pick a few different indices; the files stay
-valid and interchangeable. ``benchmarks/tiling.md`` and the tests record the differences.
+changes the networks' outputs (each tile normalises its own GroupNorm statistics and attends only
+within itself), so a tiled encoder may pick some other indices; the files stay valid and
+interchangeable. Larger tiles stay closer to the untiled result. ``benchmarks/tiling.md`` records
+the differences; global GroupNorm statistics would remove most of the VAE's share but need one
+pass over all tiles per normalisation layer, which we do not pay.
 
 Why not ``AutoencoderKL.enable_tiling()``: its tile size is the config's ``sample_size`` (768 px
 for SD 2.1) rather than a memory budget, it blends each tile only into its upper and left
-neighbours (the result depends on scan order), and it has no counterpart for the UNet. One
-blending scheme here serves all three networks.
+neighbours (the result depends on scan order), it has no counterpart for the UNet, and at equal
+tile sizes it lands further from the untiled output than the blending here (benchmarks/tiling.md).
 
 Memory: :func:`plan_tiling` picks, for a budget in bytes, the largest tiles whose *estimated*
-working memory fits, from per-stage estimates (channels × pixels of the widest stage times a
-factor measured on CPU, see ``ACTIVATION_FACTOR``) plus the untiled work (image buffers,
-hyper-coder). The budget counts memory used on top of the loaded weights.
+working memory fits (largest: closest to untiled), from per-stage estimates (channels × pixels of
+the widest stage times a factor measured on CPU, see ``ACTIVATION_FACTOR``) plus the untiled work
+(image buffers, hyper-coder). The budget counts memory used on top of the loaded weights. Tile
+sizes never depend on the machine, only on the options, so encoding stays deterministic.
+``--tile-size`` caps tiles for speed: self-attention costs grow with the square of the tile area.
 """
 
 from __future__ import annotations
@@ -157,9 +161,12 @@ def tiled_map(
 # Stable Diffusion 2.1 VAE and UNet configs at several tile sizes, with a margin
 # (benchmarks/tiling.md).
 ACTIVATION_FACTOR = {"encoder": 6.0, "decoder": 6.0, "unet": 8.0, "hyper": 6.0}
-# Full-size buffers of one image, in float32 copies of the 3-channel image: the input or output
-# tensor, its padded copy, the blending accumulator and the conversion to 8 bits.
-IMAGE_COPIES = {"encode": 4.0, "decode": 5.0}
+# Per pass, whatever the size: kernel scratch space, thread buffers (measured: 15-50 MiB on CPU).
+RUNTIME_OVERHEAD = 64 * 2**20
+# Full-size buffers of one image, in float32 copies of the 3-channel image: encoding holds the
+# padded input and a temporary of its conversion; decoding the blending accumulator and two
+# temporaries of the conversion to 8 bits (measured, 4K on CPU: benchmarks/tiling.md).
+IMAGE_COPIES = {"encode": 3.0, "decode": 3.0}
 
 
 def _widest(stages: list[tuple[int, int]]) -> int:
@@ -216,7 +223,7 @@ def stage_bytes(stage: str, config, th: int, tw: int, element_bytes: int = 4) ->
         "decoder": lambda: decoder_elements(config.vae, th, tw),
         "unet": lambda: unet_elements(config.unet, th, tw),
     }[stage]()
-    return int(ACTIVATION_FACTOR[stage] * elements * element_bytes)
+    return int(ACTIVATION_FACTOR[stage] * elements * element_bytes) + RUNTIME_OVERHEAD
 
 
 def fixed_bytes(config, height: int, width: int, direction: str) -> int:
