@@ -21,13 +21,13 @@ one). The module is built on the ``meta`` device and the loaded tensors are assi
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from oscar.errors import ModelError
 
@@ -53,12 +53,66 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_MAX_HEADER = 100 * 2**20
+
+
+def _read_into(f, tensor: torch.Tensor) -> None:
+    if tensor.numel():
+        buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        if f.readinto(buffer) != len(buffer):
+            raise ValueError("file ends inside a tensor")
+
+
 def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, read once into freshly allocated CPU memory.
+
+    ``safetensors.torch.load_file`` hands out tensors backed by a private memory map: touching
+    them page-faults the file in, and their odd alignment makes CPU kernels round differently
+    from torch-allocated copies. Reading each tensor sequentially into ``torch.empty`` (64-byte
+    aligned) is several times faster for a 3.4 GB UNet and makes a loaded model compute exactly
+    what the saved one did. The header is validated first by the safetensors library.
+    """
     if not path.is_file():
         raise ModelError(f"{what} is missing: {path}")
     try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        with safe_open(str(path), framework="pt"):  # the library's own header validation
+            pass
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length <= min(_MAX_HEADER, size - 8):
+                raise ValueError("bad header length")
+            header = json.loads(f.read(length))
+            entries = sorted(
+                (info["data_offsets"][0], name, info)
+                for name, info in header.items()
+                if name != "__metadata__"
+            )
+            state, position = {}, 0
+            for begin, name, info in entries:
+                dtype, shape = _DTYPES[info["dtype"]], [int(n) for n in info["shape"]]
+                end = int(info["data_offsets"][1])
+                tensor = torch.empty(shape, dtype=dtype)
+                if begin != position or end - begin != tensor.numel() * tensor.element_size():
+                    raise ValueError(f"tensor {name!r} has inconsistent data offsets")
+                _read_into(f, tensor)
+                state[name], position = tensor, end
+            if 8 + length + position != size:
+                raise ValueError("data section length does not match the header")
+            return state
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelError(f"{what} at {path} is not a readable safetensors file: {exc}") from exc
 
 
@@ -128,9 +182,19 @@ def read_weights(folder: Path, what: str) -> tuple[dict[str, torch.Tensor], Path
     return state, path
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    # One float32 sum is non-finite if any element is (and, rarely, on overflow): cheap for a
+    # 3.4 GB UNet; the exact elementwise test runs only when the sum is not finite.
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def check_finite(state: Mapping[str, torch.Tensor], where: Path) -> None:
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise ModelError(f"{where}: tensor {name!r} holds NaN or infinite values")
 
 
@@ -174,12 +238,6 @@ def load_into_empty(
     if problems:
         raise ModelError(f"{where} does not match the architecture: " + "; ".join(problems))
     check_finite(state, where)
-    for key, tensor in state.items():
-        # safetensors hands out malloc-aligned buffers; torch's own are 64-byte aligned, and CPU
-        # kernels round differently on the two. Re-home one tensor at a time (no second copy of
-        # the model), so a loaded model computes exactly what the saved one did.
-        if tensor.data_ptr() % 64:
-            state[key] = tensor.clone()
     module.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:  # a non-persistent buffer the file cannot hold: not expected for diffusers models

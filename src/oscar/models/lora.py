@@ -157,8 +157,10 @@ def check_adapter(
     problems = state_problems(expected, adapter.tensors)
     if problems:
         raise ModelError(f"{where}: UNet LoRA does not match the UNet: " + "; ".join(problems))
+    from oscar.diffusers_io import all_finite
+
     for key, t in adapter.tensors.items() if values else ():
-        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+        if not t.is_floating_point() or not all_finite(t):
             raise ModelError(f"{where}: {key} is not a finite floating-point tensor")
 
 
@@ -173,10 +175,15 @@ def merge_adapter(unet: nn.Module, adapter: UnetAdapter, where: object = "LoRA")
         params[name].copy_(value.to(params[name].dtype))
     scale = lora_scale(adapter.settings)
     for name, (a, b) in adapter.lora.items():
-        layer = unet.get_submodule(name)
-        w = layer.weight
-        merged = w.float() + lora_delta(layer, a.to(w.device), b.to(w.device), scale)
-        w.copy_(merged.to(w.dtype))
+        w = unet.get_submodule(name).weight
+        # W (out, in[·k·k]) += s · B (out, r) @ A (r, in[·k·k]): the Linear formula, and the
+        # Conv2d one with the kernel flattened (B is 1×1). In place: no copy of the weight.
+        w32 = w if w.dtype == torch.float32 else w.float()
+        a32 = a.to(w.device, torch.float32).reshape(a.shape[0], -1)
+        b32 = b.to(w.device, torch.float32).reshape(b.shape[0], -1)
+        w32.view(w.shape[0], -1).addmm_(b32, a32, alpha=scale)
+        if w32 is not w:
+            w.copy_(w32)
     adapter.merged = True
 
 
