@@ -464,50 +464,59 @@ def test_base_must_be_sd21_v(tmp_path, base, pkl):
         convert_official(pkl, wrong, tmp_path / "out", verify=False)
 
 
-def test_readme_workflow_on_the_cli(tmp_path, pkl, base, sample_dir, capsys):
-    """convert-official → fit-priors → compress (entropy and fixed) → decompress."""
-    model = tmp_path / "oscar-sd21"
-    assert main(["convert-official", str(pkl), "--base-model", str(base), "-o", str(model)]) == 0
-    assert "UNet LoRA      rank 2" in capsys.readouterr().out
-    assert main(["convert-official", str(pkl), "--base-model", str(base), "-o", str(model)]) == 1
-    image = sorted(sample_dir.glob("*.png"))[0]
-    common = ["--model", str(model), "--base-model", str(base), "--device", "cpu"]
-    out = tmp_path / "fixed.oscar"
-    assert main(["compress", str(image), "-o", str(out), "--coder", "fixed", *common]) == 0
-    assert main(["fit-priors", str(model), str(sample_dir), "--base-model", str(base)]) == 0
-    assert (
-        main(
-            [
-                "compress",
-                str(image),
-                "-o",
-                str(tmp_path / "e.oscar"),
-                "--coder",
-                "entropy",
-                "--tile-size",
-                "64",
-                *common,
-            ]
-        )
-        == 0
-    )
+def test_readme_steps(tmp_path, pkl, base, sample_dir, capsys, monkeypatch):
+    """The README's "Stable Diffusion 2.1 and the original checkpoint" commands, as written."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text().split("<!-- sd21-steps -->", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    shutil.copytree(base, tmp_path / "stable-diffusion-2-1")
+    shutil.copy(pkl, tmp_path / "oscar.pkl")
+    shutil.copytree(sample_dir, tmp_path / "photos")
+    shutil.copy(sorted(sample_dir.glob("*.png"))[1], tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OSCAR_BASE_MODEL", raising=False)
+    for line in block.strip().splitlines():
+        argv = shlex.split(line)
+        assert argv[0] == "oscar"
+        assert main(argv[1:]) == 0, (line, capsys.readouterr().err)
+    out = capsys.readouterr().out
+    assert "UNet LoRA      rank 2" in out and "measured bpp" in out
+    assert (tmp_path / "photo-decoded.png").is_file()
+    # Other dtype, tiles forced: the same file decodes.
     assert (
         main(
             [
                 "decompress",
-                str(tmp_path / "e.oscar"),
+                "photo.oscar",
                 "-o",
-                str(tmp_path / "e.png"),
+                "bf16.png",
+                "--model",
+                "oscar-sd21",
                 "--dtype",
                 "bfloat16",
-                "--max-memory",
-                "1G",
-                *common,
+                "--tile-size",
+                "16",
             ]
         )
         == 0
     )
-    # priors changed the fingerprint: the fixed-length file made before is refused by name
-    assert main(["decompress", str(out), "-o", str(tmp_path / "f.png"), *common]) == 1
+    # fit-priors changed the fingerprint: the fixed-length file made before is refused by name.
+    assert main(["decompress", "photo-fixed.oscar", "-o", "f.png", "--model", "oscar-sd21"]) == 1
     assert "made with model" in capsys.readouterr().err
-    assert load_model(model, base_model=base).priors is not None
+    # Converting again into the same folder needs --force.
+    assert (
+        main(
+            [
+                "convert-official",
+                "oscar.pkl",
+                "--base-model",
+                "stable-diffusion-2-1",
+                "-o",
+                "oscar-sd21",
+            ]
+        )
+        == 1
+    )
+    assert load_model("oscar-sd21").priors is not None
