@@ -183,3 +183,33 @@ def test_dtypes_interchange(model_dir):
     half = load_model(model_dir, dtype=torch.float16).model
     assert half.unet.dtype == torch.float16
     assert half.vae.dtype == torch.float32  # SD's VAE overflows in float16 (force_upcast)
+
+
+def test_training_load_keeps_peft_and_saves_back(tmp_path, model_dir):
+    """merge_lora=False gives peft adapters holding the stored factors; saving restores the file."""
+    merged = load_model(model_dir).model
+    wrapped = load_model(model_dir, merge_lora=False).model
+    assert any(".lora_A." in n for n, _ in wrapped.unet.named_parameters())
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    with torch.no_grad():
+        a, b = merged.denoise(z, 300), wrapped.denoise(z, 300)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    again = tmp_path / "again"
+    assert save_model(wrapped, again, include_base=False) == load_model(model_dir).fingerprint
+    with pytest.raises(ModelError, match="merged into its UNet"):
+        save_model(merged, tmp_path / "full")
+
+
+def test_fresh_lora_model_saves_an_identity_lora(tmp_path, base_dir):
+    """`oscar init` of a LoRA config: B = 0, so the UNet is the base until trained."""
+    from oscar.models.oscar import OscarModel
+    from tiny_sd import tiny_sd_config
+
+    model = OscarModel(tiny_sd_config(base_dir))
+    save_model(model, tmp_path / "fresh")
+    loaded = load_model(tmp_path / "fresh").model
+    for (name, p), (_, q) in zip(
+        model.unet.named_parameters(), loaded.unet.named_parameters(), strict=True
+    ):
+        assert torch.equal(p, q), name

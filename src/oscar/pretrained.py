@@ -32,7 +32,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,8 @@ def save_model(
     parts = {f"hyper.{k}": v for k, v in model.hyper.state_dict().items()}
     parts["prompt_embedding"] = model.prompt_embedding
     parts.update(unet_tensors)
+    if include_base and config.base_model is not None:
+        config = replace(config, base_model=None)  # self-contained: its own vae/ and unet/
     write_model_files(
         directory,
         config,
