@@ -21,6 +21,9 @@ COMMAND_MODULES = (
     "oscar.commands.coding",
     "oscar.commands.models",
     "oscar.commands.convert",
+    "oscar.commands.training",
+    "oscar.commands.evaluation",
+    "oscar.commands.demo",
 )
 
 

@@ -136,15 +136,3 @@ class PriorCoder:
                 raise
             raise MalformedError(f"entropy-coded payload is corrupt: {exc}") from None
         return np.asarray(indices, dtype=np.int64)
-
-
-def make_coder(coder_id: int, priors: IndexPriors | None) -> IndexCoder:
-    if coder_id == FIXED_CODER_ID:
-        return FixedLengthCoder()
-    if coder_id == PRIOR_CODER_ID:
-        if priors is None:
-            raise ModelError(
-                "this file is entropy-coded but the model has no priors (priors.safetensors)"
-            )
-        return PriorCoder(priors)
-    raise MalformedError(f"unknown index-coder id {coder_id}")

@@ -97,6 +97,32 @@ class LoadedModel:
     def short_fingerprint(self) -> bytes:
         return self.fingerprint[:FINGERPRINT_BYTES]
 
+    @classmethod
+    def from_model(
+        cls,
+        model: OscarModel,
+        priors: IndexPriors | None = None,
+        directory: Path | None = None,
+    ) -> LoadedModel:
+        """Wrap an in-memory model (training, calibration); the fingerprint is what saving it
+        in its current dtype and loading it back would give.
+
+        A UNet LoRA counts as saving stores it: the peft factors (training) or the adapter
+        record, with the base weights apart. Once a LoRA is merged into the weights (a model
+        loaded for inference) the base weights are gone, so the merged ones are hashed instead:
+        a fingerprint of this in-memory model only, which no saved directory reproduces.
+        """
+        parts = {f"hyper.{k}": v for k, v in model.hyper.state_dict().items()}
+        parts["prompt_embedding"] = model.prompt_embedding.detach()
+        parts.update(_unet_adapter_tensors(model))
+        peft = has_peft_lora(model.unet)
+        unet_state = base_state_dict(model.unet) if peft else model.unet.state_dict()
+        tensors = _named_tensors(model.vae.state_dict(), unet_state, parts, priors)
+        digest = fingerprint(model.config, tensors)
+        return cls(
+            model=model, priors=priors, fingerprint=digest, directory=directory or Path("<memory>")
+        )
+
 
 # ----------------------------------------------------------------------------- fingerprint
 def _canonical_config(config: ModelConfig) -> bytes:
@@ -122,6 +148,21 @@ def fingerprint(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]]
         if t.numel():  # hashed in place: no copy of a 3.4 GB UNet
             h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.digest()
+
+
+def _named_tensors(
+    vae_state: Mapping[str, torch.Tensor],
+    unet_state: Mapping[str, torch.Tensor],
+    parts: Mapping[str, torch.Tensor],
+    priors: IndexPriors | None,
+) -> list[tuple[str, torch.Tensor]]:
+    """The tensors a fingerprint covers, with the names it hashes them under."""
+    tensors = [(f"vae.{k}", v) for k, v in vae_state.items()]
+    tensors += [(f"unet.{k}", v) for k, v in unet_state.items()]
+    tensors += list(parts.items())
+    if priors is not None:
+        tensors += [(f"priors.{k}", v) for k, v in priors.as_tensors().items()]
+    return tensors
 
 
 # ----------------------------------------------------------------------------- reading helpers
@@ -264,6 +305,14 @@ def save_model(
         base_configs=None if include_base else _base_configs(config),
     )
     return load_model(directory).fingerprint
+
+
+def write_model_config(directory: str | Path, config: ModelConfig) -> None:
+    """Rewrite a model directory's oscar.json (rate table, widths), atomically."""
+    from oscar.io import atomic_output
+
+    with atomic_output(Path(directory) / MODEL_FILE, force=True) as tmp:
+        tmp.write_text(json.dumps(_oscar_json(config), indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- load
@@ -412,13 +461,8 @@ def load_model(
         priors = IndexPriors.load(directory / PRIORS_FILE, config.levels)
 
     # The fingerprint covers the weights as stored, before any cast or LoRA merge.
-    tensors = [(f"vae.{k}", v) for k, v in vae_state.items()]
-    tensors += [(f"unet.{k}", v) for k, v in unet_state.items()]
-    tensors += list(parts.items())
-    if priors is not None:
-        tensors += [(f"priors.{k}", v) for k, v in priors.as_tensors().items()]
-    digest = fingerprint(config, tensors)
-    del tensors, vae_state, unet_state  # the modules own these tensors now
+    digest = fingerprint(config, _named_tensors(vae_state, unet_state, parts, priors))
+    del vae_state, unet_state  # the modules own these tensors now
 
     try:
         model = OscarModel(config, vae=vae, unet=unet)
