@@ -213,3 +213,29 @@ def test_fresh_lora_model_saves_an_identity_lora(tmp_path, base_dir):
         model.unet.named_parameters(), loaded.unet.named_parameters(), strict=True
     ):
         assert torch.equal(p, q), name
+
+
+def test_calibrate_and_export_keep_the_base_reference(tmp_path, model_dir, base_dir, sample_dir):
+    """`oscar calibrate` rewrites only the rate table; `oscar export` converts only the model's
+    own parts and keeps the LoRA apart: both still reference the base folder."""
+    work = tmp_path / "model"
+    shutil.copytree(model_dir, work)
+    before = json.loads((work / "oscar.json").read_text())
+    assert main(["calibrate", str(work), "--data", str(sample_dir), "--levels", "3"]) == 0
+    after = json.loads((work / "oscar.json").read_text())
+    assert after["base"] == before["base"]
+    assert after["config"]["base_model"] == before["config"]["base_model"]
+    assert after["config"]["levels"][3]["cosine"] is not None
+    load_model(work)
+
+    out = tmp_path / "half"
+    assert main(["export", str(work), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["oscar.json", PARTS_FILE]
+    from safetensors.torch import load_file
+
+    parts = load_file(str(out / PARTS_FILE))
+    assert {v.dtype for v in parts.values()} == {torch.float16}
+    assert any(k.startswith("unet_lora.") for k in parts)
+    half = OscarCodec.from_pretrained(out, device="cpu")
+    image = make_image(40, 48, seed=2)
+    assert half.decompress(half.compress(image, 3)).shape == image.shape

@@ -308,11 +308,21 @@ def save_model(
 
 
 def write_model_config(directory: str | Path, config: ModelConfig) -> None:
-    """Rewrite a model directory's oscar.json (rate table, widths), atomically."""
+    """Rewrite a model directory's oscar.json (rate table, widths), atomically.
+
+    Everything else the file holds is kept: the base folder it names and the base's configs
+    (a model on Stable Diffusion 2.1), and descriptive fields such as where a conversion came
+    from; ``config.base_model`` may be a ``--base-model`` given for this run only.
+    """
     from oscar.io import atomic_output
 
-    with atomic_output(Path(directory) / MODEL_FILE, force=True) as tmp:
-        tmp.write_text(json.dumps(_oscar_json(config), indent=2) + "\n")
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    data = _oscar_json(config)["config"]
+    data["base_model"] = meta["config"].get("base_model")
+    meta["config"] = data
+    with atomic_output(directory / MODEL_FILE, force=True) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- load
@@ -438,6 +448,10 @@ def load_model(
     device = device or torch.device("cpu")
     config = read_config(directory, base_model)
     base = _base_folder(directory, config.base_model, base_model)
+    if config.base_model is not None:
+        # The folder actually used, absolute: saving this model elsewhere (training, export)
+        # then still finds it. Descriptive only: not part of the fingerprint.
+        config = replace(config, base_model=str(base.resolve()))
     vae, vae_state, _ = load_part(AutoencoderKL, base / "vae", "VAE")
     unet, unet_state, _ = load_part(UNet2DConditionModel, base / "unet", "UNet")
 
