@@ -248,10 +248,14 @@ def add_lora(
             a = layer.lora_A[ADAPTER_NAME].weight
             a.copy_(torch.randn(a.shape, generator=generator, dtype=torch.float32) / settings.rank)
     unet.requires_grad_(False)
-    for name, p in unet.named_parameters():
-        if ".lora_A." in name or ".lora_B." in name:
-            p.requires_grad_(True)
+    for p in lora_parameters(unet):
+        p.requires_grad_(True)
     return names
+
+
+def lora_parameters(unet: nn.Module) -> list[nn.Parameter]:
+    """The LoRA factors (A and B) of a peft-wrapped UNet: what LoRA training optimises."""
+    return [p for n, p in unet.named_parameters() if ".lora_A." in n or ".lora_B." in n]
 
 
 def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
