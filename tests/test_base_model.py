@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from conftest import make_image
+from conftest import CONFIGS, make_image
 from oscar.cli import main
 from oscar.codec import OscarCodec
 from oscar.errors import ModelError
@@ -239,3 +239,23 @@ def test_calibrate_and_export_keep_the_base_reference(tmp_path, model_dir, base_
     half = OscarCodec.from_pretrained(out, device="cpu")
     image = make_image(40, 48, seed=2)
     assert half.decompress(half.compress(image, 3)).shape == image.shape
+
+
+def test_init_on_a_base_folder(tmp_path, base_dir):
+    """`oscar init CONFIG --base-model DIR`: new OSCAR parts on the folder's VAE and UNet,
+    referenced, not copied; the LoRA starts as the identity."""
+    out = tmp_path / "fresh"
+    config = tmp_path / "tiny-lora.json"
+    data = json.loads((CONFIGS / "tiny.json").read_text())
+    data["lora"] = {"rank": 2, "alpha": 2, "target_modules": ["to_q", "to_k", "to_v"]}
+    config.write_text(json.dumps(data))
+    assert main(["init", str(config), "-o", str(out), "--base-model", str(base_dir)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["oscar.json", PARTS_FILE]
+    loaded = load_model(out).model
+    base_unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    for name, p in base_unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[name], p), name
+    assert loaded.schedule.prediction_type == "v_prediction"  # the base's scheduler
+    codec = OscarCodec.from_pretrained(out, device="cpu")
+    image = make_image(40, 48, seed=6)
+    assert codec.decompress(codec.compress(image, 2)).shape == image.shape

@@ -507,3 +507,40 @@ def test_joint_lora_writes_the_sd21_layout_and_codes(tmp_path, data_dirs, capsys
     codec = OscarCodec.from_pretrained(final, device="cpu")
     assert np.array_equal(decoded, codec.reconstruct(image, 5))
     capsys.readouterr()
+
+
+def test_recipe_from_an_architecture_on_a_base_folder(tmp_path, data_dirs):
+    """`model` + `base_model`: the VAE and UNet come from the base folder, the OSCAR parts and a
+    new LoRA are trained, and the written model references the base instead of copying it."""
+    from oscar.models.lora import LORA_PREFIX
+    from oscar.pretrained import PARTS_FILE
+    from tiny_sd import save_tiny_base
+
+    base = save_tiny_base(tmp_path / "sd21")
+    arch = json.loads((CONFIGS / "tiny.json").read_text())
+    arch["lora"] = {"rank": 2, "alpha": 4, "target_modules": ["to_q", "to_v", "proj_in"]}
+    (tmp_path / "tiny-lora.json").write_text(json.dumps(arch))
+    stages = [
+        {
+            "kind": "joint",
+            "steps": 2,
+            "batch_size": 1,
+            "lr": 1e-3,
+            "train_unet": "lora",
+            "loss": {"adversarial": 0.0, "perceptual_kind": "ms_ssim"},
+        }
+    ]
+    config = recipe(
+        tmp_path, data_dirs, stages, model=str(tmp_path / "tiny-lora.json"), base_model=str(base)
+    )
+    final = run_recipe(config)
+    assert sorted(p.name for p in final.iterdir()) == ["oscar.json", PARTS_FILE]
+    parts = load_file(str(final / PARTS_FILE))
+    b = [v for k, v in parts.items() if k.startswith(LORA_PREFIX) and k.endswith("B.weight")]
+    assert b and any(v.any() for v in b)  # trained away from the identity
+    loaded = load_model(final).model
+    assert loaded.config.lora.target_modules == ("to_q", "to_v", "proj_in")
+    assert loaded.schedule.prediction_type == "v_prediction"  # the base's scheduler
+    codec = OscarCodec(load_model(final))
+    image = make_image(40, 48, seed=8)
+    assert codec.decompress(codec.compress(image, 6)).shape == image.shape

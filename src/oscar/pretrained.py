@@ -518,6 +518,37 @@ def load_model(
     return LoadedModel(model=model, priors=priors, fingerprint=digest, directory=directory)
 
 
+def model_on_base(config: ModelConfig, base_model: str | Path, seed: int = 0) -> OscarModel:
+    """A new model on a base folder (Stable Diffusion 2.1): the folder's VAE, UNet and
+    scheduler, and ``config``'s own parts (hyper-coders, prompt, rate table, LoRA settings)
+    freshly initialised from ``seed``; float32.
+
+    The base's configs replace ``config``'s vae/unet/scheduler, and ``config.base_model`` is set
+    to the folder, so :func:`save_model` with ``include_base=False`` references it (``oscar init
+    --base-model``, a training recipe with ``base_model``).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    base = _base_folder(Path("."), str(base_model), base_model)
+    vae, _, vae_config = load_part(AutoencoderKL, base / "vae", "VAE")
+    unet, _, unet_config = load_part(UNet2DConditionModel, base / "unet", "UNet")
+    scheduler = read_json(base / "scheduler" / SCHEDULER_FILE, "scheduler config")
+    try:
+        config = replace(
+            config,
+            vae=_public(vae_config),
+            unet=_public(unet_config),
+            scheduler=scheduler,
+            base_model=str(base.resolve()),
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = OscarModel(config, vae=vae, unet=unet)
+    except (ConfigError, ValueError, TypeError, RuntimeError) as exc:
+        raise ModelError(f"cannot build {config.name} on the base model {base}: {exc}") from exc
+    return torch.nn.Module.to(model, dtype=torch.float32)
+
+
 def embedded_model_dir() -> Path:
     """The model shipped inside the package (``oscar/weights/small``)."""
     return Path(__file__).parent / "weights" / "small"

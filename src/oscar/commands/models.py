@@ -21,6 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", metavar="CONFIG.json")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    p.add_argument(
+        "--base-model",
+        metavar="DIR",
+        default=None,
+        help="take the VAE, UNet and scheduler from this diffusers folder (Stable Diffusion "
+        "2.1) and reference it instead of copying it; only the model's own parts are new",
+    )
     p.add_argument("-f", "--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(handler=run_init)
 
@@ -64,16 +71,19 @@ def run_init(args: argparse.Namespace) -> int:
 
     from oscar.config import ModelConfig
     from oscar.models.oscar import OscarModel
-    from oscar.pretrained import save_model
+    from oscar.pretrained import model_on_base, save_model
 
     config = ModelConfig.from_json_file(args.config)
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        model = OscarModel(config)
-    digest = save_model(model, out)
+    if args.base_model is not None:
+        model = model_on_base(config, args.base_model, args.seed)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            model = OscarModel(config)
+    digest = save_model(model, out, include_base=args.base_model is None)
     count = sum(p.numel() for p in model.parameters())
     print(f"wrote {config.name} model ({count:,} parameters) to {out}")
     print(f"fingerprint {digest[:4].hex()} (no priors yet: run `oscar fit-priors {out} IMAGES`)")

@@ -27,7 +27,7 @@ import torch
 from oscar.config import ModelConfig
 from oscar.errors import ConfigError
 from oscar.models.oscar import OscarModel
-from oscar.pretrained import load_model, save_model
+from oscar.pretrained import load_model, model_on_base, save_model
 from oscar.priors import IndexPriors
 from oscar.training.config import TRAINING_KINDS, StageConfig, TrainConfig
 from oscar.training.loop import (
@@ -87,6 +87,8 @@ def _build_model(config: TrainConfig, source: Path | None, device: torch.device)
     """(model, priors): from the architecture with random weights, or from a model directory."""
     if source is None:
         arch = ModelConfig.from_json_file(config.model)
+        if config.base_model is not None:  # VAE and UNet from the base folder, the rest new
+            return model_on_base(arch, config.base_model, config.seed).to(device), None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = OscarModel(arch)

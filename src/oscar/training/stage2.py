@@ -160,4 +160,3 @@ class JointStage(Stage):
 
     def validate(self, step: int) -> dict[str, float]:
         return self.validate_codec(step, self.levels)
-
