@@ -180,9 +180,19 @@ def test_dtypes_interchange(model_dir):
     assert a.shape == b.shape == image.shape
     ref = f32.decompress(made_f32)
     assert np.abs(b.astype(int) - ref).mean() < 4.0  # bfloat16 rounding, same image
-    half = load_model(model_dir, dtype=torch.float16).model
-    assert half.unet.dtype == torch.float16
-    assert half.vae.dtype == torch.float32  # SD's VAE overflows in float16 (force_upcast)
+    f16 = OscarCodec.from_pretrained(model_dir, device="cpu", dtype="float16")
+    assert f16.model.unet.dtype == torch.float16
+    assert f16.model.vae.dtype == torch.float32  # SD's VAE overflows in float16 (force_upcast)
+    assert f16.fingerprint == f32.fingerprint
+    made_f16 = f16.compress(image, 7)
+    c = f16.decompress(made_f32)
+    assert f32.decompress(made_f16).shape == c.shape == image.shape
+    assert np.abs(c.astype(int) - ref).mean() < 2.0  # float16 UNet, float32 VAE
+    # The LoRA is merged at load time in float32 maths: the float16 weights are the merged
+    # float32 ones up to float16 rounding.
+    merged32 = load_model(model_dir).model.unet.state_dict()
+    for name, w in f16.model.unet.state_dict().items():
+        torch.testing.assert_close(w, merged32[name].half(), rtol=2e-3, atol=2e-3, msg=name)
 
 
 def test_training_load_keeps_peft_and_saves_back(tmp_path, model_dir):

@@ -341,9 +341,16 @@ def test_unknown_recipe_fields_are_errors(tmp_path, data_dirs):
 
 
 def test_shipped_recipes_parse():
-    for name in ("train_tiny.yaml", "train_small.yaml"):
+    from oscar.config import ModelConfig
+
+    for name in ("train_tiny.yaml", "train_small.yaml", "train_sd21.yaml"):
         config = TrainConfig.load(CONFIGS / name)
         assert config.stages
+        arch = ModelConfig.from_json_file(config.model)
+        for stage in config.stages:
+            assert (stage.patch_size or config.data.patch_size) % arch.pad_multiple == 0, name
+            if stage.train_unet == "lora":
+                assert arch.lora is not None, name
 
 
 def test_periodic_validation_uses_the_evaluation_code(tmp_path, data_dirs, tiny_model_dir):
