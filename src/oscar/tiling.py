@@ -156,10 +156,10 @@ def tiled_map(
 
 
 # ----------------------------------------------------------------------------- memory estimates
-# Working memory of one pass ≈ ACTIVATION_FACTOR × (elements of the widest activation) × bytes per
-# element. Measured on CPU (peak RSS above the loaded model, float32) for the tiny, small and
-# Stable Diffusion 2.1 VAE and UNet configs at several tile sizes, with a margin
-# (benchmarks/tiling.md).
+# Working memory of one pass ≈ (ACTIVATION_FACTOR × elements of the widest activation + one copy
+# of the largest convolution weight) × bytes per element. Checked on CPU (peak RSS above the
+# loaded model, float32) for the small and Stable Diffusion 2.1 VAE and UNet configs at several
+# tile sizes, with a margin (benchmarks/tiling.md).
 ACTIVATION_FACTOR = {"encoder": 6.0, "decoder": 6.0, "unet": 8.0, "hyper": 6.0}
 # Per pass, whatever the size: kernel scratch space, thread buffers (measured: 15-50 MiB on CPU).
 RUNTIME_OVERHEAD = 64 * 2**20
@@ -216,6 +216,21 @@ def hyper_elements(hyper: dict[str, Any], latent_positions: int) -> int:
     return max(hyper["hidden_channels"], hyper["feature_channels"]) * latent_positions
 
 
+def weight_scratch_elements(stage: str, config) -> int:
+    """Elements of the largest 3×3 convolution weight of a stage's network.
+
+    CPU convolution kernels may copy a weight into their own layout on each call, so one such
+    copy is working memory whatever the tile size: for the Stable Diffusion 2.1 UNet (up-block
+    resnets read 2560 channels, write 1280: 118 MB in float32) a 128 px tile measured 153 MiB
+    against 100 MiB estimated without this term (benchmarks/tiling.md).
+    """
+    if stage == "unet":
+        widest = max(config.unet.get("block_out_channels", (320, 640, 1280, 1280)))
+        return 2 * widest * widest * 9  # skip concatenation doubles the input channels
+    widest = max(config.vae.get("block_out_channels", (64,)))
+    return widest * widest * 9
+
+
 def stage_bytes(stage: str, config, th: int, tw: int, element_bytes: int = 4) -> int:
     """Estimated working memory of one tile of th × tw latent positions."""
     elements = {
@@ -223,7 +238,8 @@ def stage_bytes(stage: str, config, th: int, tw: int, element_bytes: int = 4) ->
         "decoder": lambda: decoder_elements(config.vae, th, tw),
         "unet": lambda: unet_elements(config.unet, th, tw),
     }[stage]()
-    return int(ACTIVATION_FACTOR[stage] * elements * element_bytes) + RUNTIME_OVERHEAD
+    scratch = weight_scratch_elements(stage, config)
+    return int((ACTIVATION_FACTOR[stage] * elements + scratch) * element_bytes) + RUNTIME_OVERHEAD
 
 
 def fixed_bytes(config, height: int, width: int, direction: str) -> int:
