@@ -192,11 +192,16 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
     monkeypatch.setattr(JointStage, "train_step", crash_at_4)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_recipe(crashed)
-    assert (stage_dir(crashed, 0) / "checkpoints" / "step-0000003").is_dir()
+    checkpoint = stage_dir(crashed, 0) / "checkpoints" / "step-0000003"
+    assert checkpoint.is_dir()
+    before = json.loads((checkpoint / "trainer_state.json").read_text())["wall_seconds"]
     with pytest.raises(ConfigError, match="--resume"):
         run_recipe(crashed)
     monkeypatch.setattr(JointStage, "train_step", original)
     run_recipe(crashed, resume=True)
+    # The reported wall time covers the run before the crash as well.
+    done = json.loads((stage_dir(crashed, 0) / "done.json").read_text())
+    assert before > 0 and done["wall_seconds"] >= before
 
     a = _weights(stage_dir(straight, 0) / "model")
     b = _weights(stage_dir(crashed, 0) / "model")
@@ -551,3 +556,21 @@ def test_recipe_from_an_architecture_on_a_base_folder(tmp_path, data_dirs):
     codec = OscarCodec(load_model(final))
     image = make_image(40, 48, seed=8)
     assert codec.decompress(codec.compress(image, 6)).shape == image.shape
+
+
+def test_ema_forgets_the_initial_weights():
+    """With decay warm-up the average follows the trained weights, not the random init."""
+    from oscar.training.loop import EMA
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    ema = EMA([p], decay=0.999)
+    with torch.no_grad():
+        p.fill_(1.0)
+    for _ in range(200):
+        ema.update()
+    # Without warm-up the shadow would be 1 - 0.999**200 = 0.18.
+    assert ema.shadow[0].min().item() > 0.999
+    state = ema.state_dict()
+    again = EMA([p], decay=0.999)
+    again.load_state_dict(state)
+    assert again.updates == 200 and again.current_decay() == ema.current_decay()

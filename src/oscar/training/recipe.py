@@ -129,7 +129,6 @@ def run_stage(config: TrainConfig, index: int, resume: bool, max_seconds: float 
     source = _input_model(config, index)
     accelerator = make_accelerator(config, sdir)
     ctx = LoopContext(config, sc, sdir, accelerator)
-    started = time.time()
     model, priors = _build_model(config, source, accelerator.device)
     if accelerator.is_main_process:
         sdir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +147,7 @@ def run_stage(config: TrainConfig, index: int, resume: bool, max_seconds: float 
     else:
         # Weights do not change here, so the priors of untouched levels stay valid.
         _run_tool_stage(ctx, model, priors, record)
-    record["wall_seconds"] = round(time.time() - started, 1)
+    record["wall_seconds"] = round(ctx.wall_seconds(), 1)  # over every resumed run
     if accelerator.is_main_process:
         (sdir / DONE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     accelerator.wait_for_everyone()
