@@ -63,6 +63,7 @@ from oscar.models.inference import use_inplace_activations
 from oscar.pretrained import LoadedModel, load_model, resolve_model_dir
 from oscar.rates import RateLevel
 from oscar.stages import stage
+from oscar.tiling import Tiling, plan_tiling
 
 CoderChoice = Literal["auto", "entropy", "fixed"]
 ImageLike = Image.Image | np.ndarray | SourceImage | str | Path
@@ -116,13 +117,17 @@ class OscarCodec:
         loaded: LoadedModel,
         device: torch.device | None = None,
         limits: Limits | None = None,
+        tile_size: int | None = None,
+        max_memory: int | None = None,
         optimize: bool = True,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.device = device or next(self.model.parameters()).device
         self.model.to(self.device)
-        self.dtype = next(self.model.parameters()).dtype
+        # The networks' inference dtype (UNet; the VAE's too, unless float16 keeps it float32:
+        # oscar.pretrained); hyper-coders, latents and side info stay float32.
+        self.dtype = self.model.unet.dtype
         self.limits = limits or Limits()
         self.pad_multiple = self.model.config.pad_multiple
         # Inference optimisations (BENCHMARKS.md); ``optimize=False`` runs the networks as
@@ -139,6 +144,11 @@ class OscarCodec:
         # One coder of each kind, so the prior coder's per-level models are built once.
         self._fixed = FixedLengthCoder()
         self._prior = PriorCoder(loaded.priors) if loaded.priors is not None else None
+        # Large images (oscar.tiling): tile side cap in pixels and/or a working-memory budget in
+        # bytes. Neither changes the file format; both only change how the networks are run.
+        self.tile_size = tile_size
+        self.max_memory = max_memory
+        self.tiling("encode", self.pad_multiple, self.pad_multiple)  # early check of the options
 
     @classmethod
     def from_pretrained(
@@ -147,22 +157,47 @@ class OscarCodec:
         device: str = "auto",
         base_model: str | Path | None = None,
         limits: Limits | None = None,
-        dtype: str = "float32",
+        dtype: str | torch.dtype = "auto",
+        tile_size: int | None = None,
+        max_memory: int | None = None,
         optimize: bool = True,
     ) -> OscarCodec:
         """Load a model directory (default: the embedded model) onto a device.
 
-        ``dtype`` is the compute precision (``float32``, the reference; ``bfloat16`` is faster
-        on CPUs with AVX-512 BF16 and changes the pixels slightly, see BENCHMARKS.md).
+        ``dtype`` ("auto" = float32, "float32", "float16", "bfloat16" or a torch dtype) is the
+        inference dtype of the UNet and VAE; files are interchangeable between dtypes and devices
+        (``bfloat16`` is faster on CPUs with AVX-512 BF16 and changes the pixels slightly, see
+        BENCHMARKS.md). ``optimize=False`` runs the networks exactly as diffusers builds them.
         """
         dev = resolve_device(device)
+        dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
         loaded = load_model(
-            resolve_model_dir(model_dir),
-            base_model=base_model,
-            device=dev,
-            dtype=resolve_dtype(dtype, dev),
+            resolve_model_dir(model_dir), base_model=base_model, device=dev, dtype=dt
         )
-        return cls(loaded, device=dev, limits=limits, optimize=optimize)
+        return cls(
+            loaded,
+            device=dev,
+            limits=limits,
+            tile_size=tile_size,
+            max_memory=max_memory,
+            optimize=optimize,
+        )
+
+    def tiling(self, direction: str, height: int, width: int) -> Tiling:
+        """Tiles for a padded image size (none unless tile_size or max_memory is set)."""
+        element_bytes = {
+            "vae": self.model.vae.dtype.itemsize,
+            "unet": self.model.unet.dtype.itemsize,
+        }
+        return plan_tiling(
+            self.model.config,
+            height,
+            width,
+            direction,
+            tile_size=self.tile_size,
+            max_memory=self.max_memory,
+            element_bytes=element_bytes,
+        )
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -199,11 +234,12 @@ class OscarCodec:
     def encode_latents(self, sources: Sequence[SourceImage]) -> tuple[torch.Tensor, np.ndarray]:
         """Same-size images → padded scaled latents y (B, 4, H/8, W/8) and RMS codes (B, 4)."""
         with stage("pad"):
-            x = torch.cat([image_to_tensor(s.rgb) for s in sources]).to(self.device, self.dtype)
-            x_pad = pad(x, self.pad_multiple)
-        allocator_for_pixels(x_pad.shape[0] * x_pad.shape[2] * x_pad.shape[3])
+            x = torch.cat([image_to_tensor(s.rgb) for s in sources]).to(self.device)
+            x = pad(x, self.pad_multiple)
+        allocator_for_pixels(x.shape[0] * x.shape[2] * x.shape[3])
         with stage("vae_encode"):
-            y = self.model.encode_latent(x_pad)
+            y = self.model.encode_latent(x, self.tiling("encode", *x.shape[-2:]))
+            del x  # a 4K image is 100 MB per float32 copy
             codes = self.model.side_info(y).cpu().numpy()
         return y, codes
 
@@ -387,6 +423,7 @@ class OscarCodec:
         self.check_steps(steps, first.level)
         ph, pw = padded_size(first.height, first.width, self.pad_multiple)
         allocator_for_pixels(len(records) * ph * pw)
+        tiles = self.tiling("decode", ph, pw)
         model = self.model
         with stage("hyper_synthesis"):
             indices = torch.from_numpy(np.stack([r.indices for r in records])).to(self.device)
@@ -394,9 +431,10 @@ class OscarCodec:
             y_tilde = model.hyper_coder(first.level).decode(indices)
             z_t = model.to_noisy_latent(y_tilde, torch.from_numpy(codes).to(self.device))
         with stage("unet"):
-            y_hat = model.denoise(z_t, self.rate(first.level).timestep, steps)
+            y_hat = model.denoise(z_t, self.rate(first.level).timestep, tiles, steps=steps)
         with stage("vae_decode"):
-            x_hat = model.decode_latent(y_hat.contiguous(memory_format=self.memory_format))
+            y_hat = y_hat.contiguous(memory_format=self.memory_format)
+            x_hat = model.decode_latent(y_hat, tiles)
         with stage("crop"):
             images = []
             for i, r in enumerate(records):

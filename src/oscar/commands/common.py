@@ -32,10 +32,29 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="compute precision; float32 is the reference, bfloat16 is faster on CPUs with "
-        "AVX-512 BF16 and changes pixels slightly (and the bytes, when compressing)",
+        default="auto",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        help="inference dtype of the UNet and VAE (auto: float32, the reference); bfloat16 is "
+        "faster on CPUs with AVX-512 BF16 and changes pixels slightly (and the bytes, when "
+        "compressing); files decode in any dtype",
+    )
+
+
+def add_tiling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tile-size",
+        type=positive_int,
+        default=None,
+        metavar="PX",
+        help="run the VAE and UNet on overlapping tiles of at most PX x PX pixels "
+        "(large images; does not change the file format)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="working-memory budget per image on top of the loaded model, e.g. 4G or 512M; "
+        "picks the largest tiles that fit (estimated)",
     )
 
 
@@ -65,15 +84,19 @@ def load_codec(args: argparse.Namespace):
     from oscar.allocator import tune_cpu_allocator
     from oscar.bitstream import Limits
     from oscar.codec import OscarCodec
+    from oscar.tiling import parse_memory
 
     tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.allocator)
     limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
+    max_memory = getattr(args, "max_memory", None)
     return OscarCodec.from_pretrained(
         args.model,
         device=args.device,
         base_model=args.base_model,
         limits=limits,
-        dtype=getattr(args, "dtype", "float32"),
+        dtype=getattr(args, "dtype", "auto"),
+        tile_size=getattr(args, "tile_size", None),
+        max_memory=None if max_memory is None else parse_memory(max_memory),
     )
 
 

@@ -29,7 +29,8 @@ from oscar.models.schedule import (
     epsilon_estimate,
     x0_estimate,
 )
-from oscar.rates import RateLevel
+from oscar.rates import VAE_FACTOR, RateLevel
+from oscar.tiling import Tiling, tiled_map
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class OscarModel(nn.Module):
         self.prompt_embedding = nn.Parameter(
             torch.randn(config.prompt_length, config.cross_attention_dim) * 0.02
         )
+        # LoRA factors merged into self.unet at load time (oscar.models.lora.UnetAdapter), kept
+        # so that the model can be saved again; None without LoRA or while peft wraps the UNet.
+        self.unet_adapter = None
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -85,14 +89,28 @@ class OscarModel(nn.Module):
         return self.hyper[str(level)]
 
     # ------------------------------------------------------------------------ stages
-    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B,3,H,W) in [-1,1] → scaled latent y (B,4,H/8,W/8): the posterior mean, no draw."""
-        moments = self.vae.encode(x).latent_dist
-        return moments.mean * self.scaling_factor
+    def encode_latent(self, x: torch.Tensor, tiles: Tiling | None = None) -> torch.Tensor:
+        """x (B,3,H,W) in [-1,1] → scaled latent y (B,4,H/8,W/8) float32: the posterior mean.
 
-    def decode_latent(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """Scaled latent (B,4,h,w) → image (B,3,8h,8w), clamped to [-1, 1]."""
-        return self.vae.decode(y_hat / self.scaling_factor).sample.clamp(-1, 1)
+        No random draw. ``tiles`` runs the VAE encoder by blended tiles (oscar.tiling).
+        """
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
+
+        stage = tiles.encoder if tiles is not None else None
+        return tiled_map(encode, x, stage, in_scale=VAE_FACTOR) * self.scaling_factor
+
+    def decode_latent(self, y_hat: torch.Tensor, tiles: Tiling | None = None) -> torch.Tensor:
+        """Scaled latent (B,4,h,w) → image (B,3,8h,8w) float32, clamped to [-1, 1]."""
+
+        def decode(y: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode((y / self.scaling_factor).to(self.vae.dtype)).sample
+
+        stage = tiles.decoder if tiles is not None else None
+        x_hat = tiled_map(decode, y_hat, stage, out_scale=VAE_FACTOR)
+        # In place when no gradient is needed: a 4K image is 100 MB per float32 copy.
+        return x_hat.clamp(-1, 1) if torch.is_grad_enabled() else x_hat.clamp_(-1, 1)
 
     def side_info(self, y: torch.Tensor) -> torch.Tensor:
         """The per-channel RMS codes (B, 4) uint8 that the file carries."""
@@ -105,13 +123,23 @@ class OscarModel(nn.Module):
     def prompt(self, batch: int) -> torch.Tensor:
         return self.prompt_embedding.unsqueeze(0).expand(batch, -1, -1)
 
-    def unet_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """One UNet pass at per-sample timesteps (B,) int64."""
-        prompt = self.prompt(z_t.shape[0]).to(z_t.dtype)
-        return self.unet(z_t, timesteps, encoder_hidden_states=prompt).sample
+    def unet_output(
+        self, z_t: torch.Tensor, timesteps: torch.Tensor, tiles: Tiling | None = None
+    ) -> torch.Tensor:
+        """One UNet pass at per-sample timesteps (B,) int64; float32 out, any UNet dtype."""
+        dtype = self.unet.dtype
+        prompt = self.prompt(z_t.shape[0]).to(dtype)
 
-    def denoise(self, z_t: torch.Tensor, timestep: int, steps: int = 1) -> torch.Tensor:
-        """x0 estimate y_hat from z_t at pseudo-timestep ``timestep``.
+        def run(z: torch.Tensor) -> torch.Tensor:
+            return self.unet(z.to(dtype), timesteps, encoder_hidden_states=prompt).sample
+
+        stage = tiles.unet if tiles is not None else None
+        return tiled_map(run, z_t, stage, align=self.config.unet_downsample)
+
+    def denoise(
+        self, z_t: torch.Tensor, timestep: int, tiles: Tiling | None = None, *, steps: int = 1
+    ) -> torch.Tensor:
+        """x0 estimate y_hat (float32) from z_t at pseudo-timestep ``timestep``.
 
         ``steps=1`` is OSCAR's one UNet pass. ``steps=N`` runs N deterministic DDIM steps
         (η = 0, no noise drawn) at ``ddim_timesteps(timestep, N)`` and returns the last x0
@@ -119,10 +147,10 @@ class OscarModel(nn.Module):
         """
         prediction_type = self.schedule.prediction_type
         timesteps = ddim_timesteps(timestep, steps)
-        z = z_t
+        z = z_t.float()
         for i, t_i in enumerate(timesteps):
             t = torch.full((z.shape[0],), t_i, dtype=torch.long, device=z.device)
-            out = self.unet_output(z, t)
+            out = self.unet_output(z, t, tiles)
             alpha_bar = self.schedule.alpha_bar(t_i)
             y_hat = x0_estimate(out, z, alpha_bar, prediction_type)
             if i + 1 < len(timesteps):
@@ -132,13 +160,19 @@ class OscarModel(nn.Module):
 
     # ------------------------------------------------------------------------ whole paths
     def decode_indices(
-        self, indices: torch.Tensor, rms_codes: torch.Tensor, level: int, steps: int = 1
+        self,
+        indices: torch.Tensor,
+        rms_codes: torch.Tensor,
+        level: int,
+        tiles: Tiling | None = None,
+        *,
+        steps: int = 1,
     ) -> torch.Tensor:
         """indices (B,h,w) + RMS codes (B,4) → x_hat (B,3,8h',8w') in [-1,1] (padded size)."""
         y_tilde = self.hyper_coder(level).decode(indices)
         z_t = self.to_noisy_latent(y_tilde, rms_codes)
-        y_hat = self.denoise(z_t, self.rate(level).timestep, steps)
-        return self.decode_latent(y_hat)
+        y_hat = self.denoise(z_t, self.rate(level).timestep, tiles, steps=steps)
+        return self.decode_latent(y_hat, tiles)
 
     def forward(self, x: torch.Tensor, level: int) -> OscarOutput:
         """Training/analysis pass with straight-through quantisation (same value as coding)."""
