@@ -8,6 +8,7 @@ import torch
 
 from conftest import build_tiny_model, make_image
 from oscar.cli import main
+from oscar.codec import OscarCodec
 from oscar.errors import ConfigError
 from oscar.models.schedule import x0_estimate
 
@@ -43,6 +44,15 @@ def test_multi_step_decoding_draws_no_random_numbers(tiny_codec):
     state = torch.get_rng_state()
     tiny_codec.decompress(data, steps=5)  # DDIM with eta = 0: no noise, no generator touched
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_steps_with_tiled_decoding(tiny_model_dir, tiny_codec):
+    tiled = OscarCodec.from_pretrained(tiny_model_dir, device="cpu", tile_size=64)
+    assert tiled.tiling("decode", 128, 192).unet is not None  # the UNet runs by tiles
+    data = tiny_codec.compress(make_image(128, 192, seed=4), 7)
+    three = tiled.decompress(data, steps=3)  # every DDIM step's UNet pass is tiled
+    assert three.shape == (128, 192, 3) and np.array_equal(three, tiled.decompress(data, steps=3))
+    assert np.array_equal(tiled.decompress(data, steps=1), tiled.decompress(data))
 
 
 @pytest.mark.parametrize("steps", [0, -1, 151, 2.5, True])
