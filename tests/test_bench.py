@@ -10,6 +10,7 @@ import pytest
 from conftest import make_image
 from oscar.bench import BenchConfig, bench_image, parse_size, run_isolated
 from oscar.cli import main
+from oscar.errors import ConfigError
 from oscar.stages import DECODE_STAGES, ENCODE_STAGES, STAGES, recording
 
 
@@ -101,6 +102,19 @@ def test_bench_usage_errors(tiny_model_dir, capsys):
     assert main([*base, "--warmup", "-1"]) == 2
     assert main([*base, "--sizes", "64x48", "--steps", "1,999"]) == 1
     assert "steps" in capsys.readouterr().err
+
+
+def test_default_level_allows_the_steps(tiny_config):
+    from dataclasses import replace
+
+    from oscar.commands.bench import default_level
+
+    levels = tuple(replace(lv, timestep=8) if lv.level == 7 else lv for lv in tiny_config.levels)
+    config = replace(tiny_config, levels=levels)  # like the embedded model: level 7 at t = 8
+    assert default_level(config, 1) == 7 and default_level(config, 8) == 7
+    assert default_level(config, 20) == 6  # the next rate down whose timestep allows 20 steps
+    with pytest.raises(ConfigError, match="1000 decoding steps"):
+        default_level(config, 1000)
 
 
 def test_isolated_run_with_bfloat16(tiny_model_dir):

@@ -32,6 +32,19 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def default_level(config, steps: int) -> int:
+    """The highest-rate level whose pseudo-timestep allows ``steps`` DDIM steps.
+
+    A trained model's calibrated timesteps can be small at high rates (the embedded model's
+    level 7 is t = 8), and ``--steps N`` needs t_L ≥ N; every level runs the same UNet and VAE.
+    """
+    allowing = [lv for lv in config.levels if max(lv.timestep, 1) >= steps]
+    if not allowing:
+        most = max(max(lv.timestep, 1) for lv in config.levels)
+        raise ConfigError(f"no level of this model allows {steps} decoding steps (at most {most})")
+    return max(allowing, key=lambda lv: lv.nominal_bpp).level
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from oscar.cli import HelpFormatter
 
@@ -54,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_int_list,
         default=None,
         metavar="LEVELS",
-        help="comma-separated levels (default: the highest-rate level)",
+        help="comma-separated levels (default: the highest-rate level whose timestep allows "
+        "the largest --steps)",
     )
     p.add_argument("--steps", type=_int_list, default="1,4,20", help="decoding steps to time")
     p.add_argument("--batch", type=_int_list, default="1", help="batch sizes (images per call)")
@@ -99,7 +113,7 @@ def run_bench(args: argparse.Namespace) -> int:
         sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    levels = args.levels or [max(config.levels, key=lambda lv: lv.nominal_bpp).level]
+    levels = args.levels or [default_level(config, max(args.steps))]
     for level in levels:
         config.level(level)
     device = resolve_device(args.device)
