@@ -314,6 +314,15 @@ def provenance(docs: dict[str, dict | None], run: dict | None) -> tuple[str, str
     return "\n".join(lines), banner
 
 
+def level_text(level: int | None, run: dict | None) -> str:
+    if run is not None and "timestep" in run:
+        return (
+            f"level {run['level']}, the highest-rate level whose pseudo-timestep (t = "
+            f"{run['timestep']}) allows 20 DDIM steps"
+        )
+    return "the highest-rate level" + (f" ({level})" if level is not None else "")
+
+
 def render(results: Path, template: Path) -> str:
     """The Markdown text of BENCHMARKS.md."""
     docs = {name: load(results, name) for name in GROUP_NAMES}
@@ -328,7 +337,7 @@ def render(results: Path, template: Path) -> str:
     fields = {
         "banner": banner,
         "provenance": info,
-        "level": "the highest-rate level" + (f" ({level})" if level is not None else ""),
+        "level": level_text(level, run),
         "targets": targets_table(docs),
         "steps_note": steps_note(docs),
         "main": group_section(docs["main"], stages=True),

@@ -106,6 +106,20 @@ def choose_model(given: str | None, scratch: Path) -> tuple[Path, str]:
     )
 
 
+def choose_level(model: Path) -> tuple[int, int]:
+    """One level for every group, and its timestep: the highest-rate level whose pseudo-timestep
+    allows the most DDIM steps any group decodes with (``--steps N`` needs t_L ≥ N)."""
+    from oscar.commands.bench import default_level
+    from oscar.pretrained import read_config
+
+    most = max(
+        int(n) for _, args, _ in GROUPS.values() for n in args[args.index("--steps") + 1].split(",")
+    )
+    config = read_config(model)
+    level = default_level(config, most)
+    return level, config.level(level).timestep
+
+
 def cpu_seconds() -> tuple[float | None, float]:
     """(CPU time used by the whole machine, CPU time of this process and its children)."""
     t = os.times()
@@ -168,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-only", action="store_true", help="only rewrite the Markdown")
     parser.add_argument("--device", default="cpu", help="device for oscar bench")
     parser.add_argument(
+        "--threads",
+        default=None,
+        help="torch CPU threads for oscar bench (default: one per core; with another process "
+        "holding a core, OpenMP's barriers make 2 threads many times slower than 1)",
+    )
+    parser.add_argument(
         "--results", default=None, help=f"JSON folder (default: {RESULTS}; --quick: {QUICK})"
     )
     parser.add_argument(
@@ -186,13 +206,18 @@ def main(argv: list[str] | None = None) -> int:
         git = git_state(exclude=[results, output])  # before this run writes anything
         with tempfile.TemporaryDirectory(prefix="oscar-bench-model-") as tmp:
             model, source = choose_model(args.model, Path(tmp))
-            groups = run_groups(model, names, args.quick, ["--device", args.device], results)
+            level, timestep = choose_level(model)
+            extra = ["--device", args.device, "--levels", str(level)]
+            extra += ["--threads", args.threads] if args.threads else []
+            groups = run_groups(model, names, args.quick, extra, results)
         shown = ["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
         run = {
             "command": " ".join(shown),
             "started": started.isoformat(timespec="seconds"),
             "elapsed_s": time.monotonic() - start,
             "model": source,
+            "level": level,
+            "timestep": timestep,
             "git": git,
             "quick": args.quick,
             "groups": groups,

@@ -61,6 +61,7 @@ def test_one_command_runs_and_records(run_script, tiny_model_dir, tmp_path):
     assert run_script.main([*argv, "--results", str(results), "--output", str(out)]) == 0
     run = json.loads((results / "run.json").read_text())
     assert run["quick"] and "given with `--model`" in run["model"] and run["git"]["commit"]
+    assert (run["level"], run["timestep"]) == (7, 150)  # tiny: the highest rate allows 20 steps
     (group,) = run["groups"]
     assert group["group"] == "batch" and group["elapsed_s"] > 0 and group["own_cpu_s"] > 0
     assert group["others_share"] >= 0
@@ -69,3 +70,5 @@ def test_one_command_runs_and_records(run_script, tiny_model_dir, tmp_path):
     text = out.read_text()
     assert "Smoke run" in text and "- Model: the model directory given" in text
     assert "took" in text and "Other processes' share of the CPU" in text
+    flat = " ".join(text.split())
+    assert "level 7, the highest-rate level whose pseudo-timestep (t = 150)" in flat
