@@ -350,6 +350,42 @@ def test_a_trained_model_gains_a_ninth_level(tmp_path, data_dirs, tiny_model_dir
     assert codec.token_grid(48, 64, 8) == (4, 4)
 
 
+def test_refining_one_level_of_a_finished_model_leaves_every_other_part_bit_identical(
+    tmp_path, data_dirs, tiny_model_dir
+):
+    """Stage 1, calibration and a joint stage with the denoiser frozen, all on level 4: only
+    level 4's hyper-coder, its rate-table entry and its prior may change (the prompt too
+    conditions every level, so a frozen UNet keeps it)."""
+    config = recipe(
+        tmp_path,
+        data_dirs,
+        [
+            {"kind": "hyper", "steps": 3, "batch_size": 2, "lr": 1e-3, "levels": [4]},
+            {"kind": "calibrate", "levels": [4]},
+            {
+                "kind": "joint",
+                "steps": 3,
+                "batch_size": 2,
+                "lr": 1e-3,
+                "levels": [4],
+                "train_unet": "frozen",
+                "loss": {"perceptual_kind": "ms_ssim", "adversarial": 0.1},
+            },
+            {"kind": "priors", "levels": [4]},
+        ],
+        init_from=str(tiny_model_dir),
+    )
+    final = run_recipe(config)
+    before, after = load_model(tiny_model_dir), load_model(final)
+    old = before.model.state_dict()
+    changed = {k for k, v in after.model.state_dict().items() if not torch.equal(v, old[k])}
+    assert changed and all(k.startswith("hyper.4.") for k in changed), sorted(changed)[:5]
+    for lv in before.model.config.level_numbers:
+        if lv != 4:
+            assert after.model.rate(lv) == before.model.rate(lv)
+            assert np.array_equal(after.priors.tables[lv], before.priors.tables[lv])
+
+
 def test_unknown_recipe_fields_are_errors(tmp_path, data_dirs):
     with pytest.raises(ConfigError, match="lrr"):
         recipe(tmp_path, data_dirs, [{"kind": "hyper", "steps": 2, "lrr": 1.0}])

@@ -4,7 +4,9 @@ VAE frozen, one level drawn per step.
 ``train_unet``: ``full`` trains every UNet weight; ``lora`` only a LoRA on it (peft, as the
 original; the model config's ``lora`` gives rank, alpha and target modules), which the written
 model stores as ``unet_lora.*`` tensors (oscar.models.lora) and merges at load time; ``frozen``
-leaves the UNet alone.
+leaves the shared denoiser alone, the UNet and the prompt embedding: only the selected levels'
+hyper-coders train, so every other level decodes bit for bit as before (refining some levels of
+a finished model, as configs/train_small_refine.yaml does).
 
 Loss: ``l1``·L1(x_hat, x) + ``perceptual``·P(x_hat, x) + ``edge_perceptual``·P(Sobel(x_hat),
 Sobel(x)) + ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·VQ terms + ``adversarial``·hinge
@@ -44,7 +46,8 @@ class JointStage(Stage):
         model.vae.eval()
         for lv in self.levels:
             model.hyper[str(lv)].requires_grad_(True).train()
-        model.prompt_embedding.requires_grad_(True)
+        if sc.train_unet != "frozen":  # the prompt conditions every level, like the UNet
+            model.prompt_embedding.requires_grad_(True)
         if sc.train_unet == "full":
             model.unet.requires_grad_(True).train()
         elif sc.train_unet == "lora":
