@@ -140,10 +140,11 @@ class OscarCodec:
     def prepare_image(self, image: ImageLike) -> SourceImage:
         """Apply the input policy (files are read with the pixel limit)."""
         if isinstance(image, SourceImage):
-            return image
-        if isinstance(image, (str, Path)):
-            return load_image(image, max_pixels=self.limits.max_pixels)
-        source = to_rgb(image)
+            source = image
+        elif isinstance(image, (str, Path)):
+            source = load_image(image, max_pixels=self.limits.max_pixels)
+        else:
+            source = to_rgb(image)
         if source.height * source.width > self.limits.max_pixels:
             raise ImageError(
                 f"image of {source.height}x{source.width} exceeds {self.limits.max_pixels} pixels"
