@@ -36,6 +36,7 @@ from oscar.config import ModelConfig
 from oscar.errors import ConfigError, ModelError
 from oscar.models.oscar import OscarModel
 from oscar.priors import IndexPriors
+from oscar.safe_build import check_buildable, header_shapes, shape_problems
 
 MODEL_FILE = "oscar.json"
 PARTS_FILE = "oscar.safetensors"
@@ -100,8 +101,10 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise ModelError(f"{what} is missing: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{what} at {path} is not readable JSON: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, bad UTF-8 and integers of over 4300 digits;
+        # RecursionError, nesting too deep for the parser.
+        raise ModelError(f"{what} at {path} is not readable JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ModelError(f"{what} at {path} must hold a JSON object")
     return data
@@ -124,19 +127,10 @@ def _check_finite(state: Mapping[str, torch.Tensor], where: Path) -> None:
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
     """load_state_dict(strict) with one readable error listing what does not fit."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
+    problems = shape_problems(
+        {k: tuple(v.shape) for k, v in module.state_dict().items()},
+        {k: tuple(v.shape) for k, v in state.items()},
     )
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if items:
-            shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
-            problems.append(f"{label}: {shown}")
     if problems:
         raise ModelError(f"{where} does not match the architecture: " + "; ".join(problems))
     _check_finite(state, where)
@@ -161,6 +155,9 @@ def _diffusers_part(cls: type, folder: Path, what: str) -> tuple[torch.nn.Module
         raise ModelError(
             f"{folder} holds only pickled weights (.bin); convert them to safetensors first"
         )
+    # Shapes first, on the meta device: the config must not decide what is allocated.
+    shapes = header_shapes(weights, f"{what} weights")
+    check_buildable(lambda: _build_diffusers(cls, _public(config)), shapes, weights, what)
     state = _read_safetensors(weights, f"{what} weights")
     module = _build_diffusers(cls, _public(config))
     _load_strict(module, state, weights)
@@ -240,6 +237,8 @@ def read_config(directory: str | Path, base_model: str | Path | None = None) -> 
     data = meta.get("config")
     if not isinstance(data, dict):
         raise ModelError(f"{directory / MODEL_FILE} has no 'config' object")
+    if not isinstance(data.get("base_model"), (str, type(None))):
+        raise ModelError(f"{directory / MODEL_FILE}: base_model must be a path or null")
     base = _base_folder(directory, data.get("base_model"), base_model)
     data = dict(data)
     data["vae"] = _public(_read_json(base / "vae" / "config.json", "VAE config"))
@@ -287,6 +286,16 @@ def load_model(
     unet, unet_state, _ = _diffusers_part(UNet2DConditionModel, base / "unet", "UNet")
 
     parts_path = directory / PARTS_FILE
+    check_buildable(
+        lambda: OscarModel(config, vae=vae, unet=unet),
+        header_shapes(parts_path, "OSCAR weights"),
+        parts_path,
+        "the OSCAR parts",
+        select=lambda m: {
+            **{f"hyper.{k}": v for k, v in m.hyper.state_dict().items()},
+            "prompt_embedding": m.prompt_embedding,
+        },
+    )
     parts = _read_safetensors(parts_path, "OSCAR weights")
     try:
         model = OscarModel(config, vae=vae, unet=unet)
