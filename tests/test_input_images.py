@@ -169,3 +169,17 @@ def test_sides_beyond_the_format_are_refused_before_coding(tiny_codec, tmp_path)
     Image.fromarray(np.zeros((1, 70_000, 3), np.uint8)).save(tmp_path / "wide.png")
     with pytest.raises(ImageError, match="65535"):
         tiny_codec.compress(tmp_path / "wide.png", 0)
+
+
+def test_nan_in_float_images_becomes_black():
+    import warnings
+
+    from oscar.io import to_rgb
+
+    values = np.array([[np.nan, 0.5], [1.0, np.inf]], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in cast"
+        rgb = to_rgb(values).rgb
+        grey = to_rgb(Image.fromarray(values * 255, mode="F")).rgb
+    assert rgb[..., 0].tolist() == [[0, 128], [255, 255]]
+    assert grey[..., 0].tolist() == [[0, 128], [255, 255]]

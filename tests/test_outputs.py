@@ -184,3 +184,17 @@ def test_cli_refuses_existing_outputs_before_any_work(
     assert main([*args, "--force"]) == 0
     assert (out / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert _leftovers(out) == []
+
+
+def test_cli_os_errors_elsewhere_are_one_line(tmp_path, monkeypatch, capsys):
+    """`oscar init` writes a directory of files: a full disk there is one line too."""
+    import safetensors.torch
+
+    from conftest import CONFIGS
+
+    monkeypatch.setattr(safetensors.torch, "save_file", _disk_full)
+    monkeypatch.setattr("oscar.pretrained.save_file", _disk_full)
+    code = main(["init", str(CONFIGS / "tiny.json"), "-o", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == "oscar: error: No space left on device"

@@ -12,9 +12,20 @@ Input policy (what ``load_image`` / ``to_rgb`` do with each kind of image):
 - CMYK, YCbCr, LAB, HSV: converted to RGB by Pillow (no ICC colour management).
 - EXIF orientation: applied, so the image is coded upright as viewers show it.
 - Animated images: the first frame.
+- Float images (TIFF mode F, float arrays): NaN becomes 0.
+
+Refused, each with one ImageError naming the file: files that are not images, empty, truncated
+or zero-sized; images over the pixel limit (checked from the header, before any pixel is
+decoded: decompression bombs cost nothing); formats outside ``READ_FORMATS`` whatever the file's
+name (Pillow has readers that run other programs, such as EPS through Ghostscript). Sides over
+65535 are refused by the codec (format v1 stores 16-bit sides).
 
 Sizes: any size from 1×1 up to the pixel limit; images are padded (edge replication) to the
 level's multiple, never resized, and the decoder crops back to the original size.
+
+Outputs are written atomically (``atomic_output``): a temporary file beside the target, synced,
+then renamed; any failure (an exception, an interruption, a full disk, a folder that cannot be
+written) leaves the target as it was and no temporary file, and OSErrors become one OutputError.
 """
 
 from __future__ import annotations
@@ -56,7 +67,8 @@ class SourceImage:
 
 
 def _to_uint8(array: np.ndarray, maximum: float) -> np.ndarray:
-    return np.clip(np.rint(array.astype(np.float64) * (255.0 / maximum)), 0, 255).astype(np.uint8)
+    values = np.nan_to_num(array.astype(np.float64), nan=0.0)  # NaN (float TIFFs) → black
+    return np.clip(np.rint(values * (255.0 / maximum)), 0, 255).astype(np.uint8)
 
 
 def _white_composite(image: Image.Image) -> Image.Image:
@@ -77,7 +89,8 @@ def to_rgb(image: Image.Image | np.ndarray) -> SourceImage:
         return SourceImage(np.repeat(grey[:, :, None], 3, axis=2), grey=True)
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        maximum = 65535.0 if (mode.startswith("I;16") or values.max(initial=0) > 255) else 255.0
+        largest = values[np.isfinite(values)].max(initial=0)
+        maximum = 65535.0 if (mode.startswith("I;16") or largest > 255) else 255.0
         grey = _to_uint8(values, maximum)
         return SourceImage(np.repeat(grey[:, :, None], 3, axis=2), grey=True)
     if mode in ("LA", "La"):
