@@ -7,6 +7,8 @@ are canonical; ``unpack`` allocates within a bound set by the limits, not by the
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -147,3 +149,14 @@ def test_truncations_and_splices_of_every_seed(fuzz_codec, seeds):
             for candidate in (data[:cut], with_crc(data[:cut])):
                 outcome = check_input(fuzz_codec, candidate, decode=False)
                 assert outcome.endswith("Error")
+
+
+def test_atheris_harness(tiny_model_dir, tmp_path):
+    """The coverage-guided long run's command works (a few hundred inputs)."""
+    pytest.importorskip("atheris")
+    command = [sys.executable, "-m", "oscar.fuzz", "--model", str(tiny_model_dir), "--atheris"]
+    command += ["--runs", "300", "--corpus", str(tmp_path / "c"), "--crashes", str(tmp_path / "x")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Done 300 runs" in run.stderr
+    assert not [p for p in (tmp_path / "x").iterdir() if p.suffix != ".json"]

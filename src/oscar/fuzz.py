@@ -570,7 +570,8 @@ def _run_atheris(args: argparse.Namespace) -> int:
 
     def test_one(data: bytes) -> None:
         report.inputs += 1
-        outcome = check_input(codec, data, decode=True, report=report)
+        decode = args.decode_every > 0 and report.stages["accepted"] % args.decode_every == 0
+        outcome = check_input(codec, data, decode=decode, report=report)
         report.outcomes[outcome] += 1
         if time.monotonic() - last[0] > 30:
             stats_path.write_text(json.dumps(report.summary(), indent=1))
@@ -594,6 +595,7 @@ def _run_atheris(args: argparse.Namespace) -> int:
         "-rss_limit_mb=6144",
         "-max_len=4096",
         f"-seed={args.seed + 1}",
+        *([f"-runs={args.runs}"] if args.runs else []),
         f"-artifact_prefix={crashes}/",
         "-print_final_stats=1",
     ]
@@ -622,6 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--crashes", default="fuzz-crashes", help="folder for failing inputs")
     parser.add_argument("--corpus", default="fuzz-corpus", help="atheris corpus folder")
     parser.add_argument("--atheris", action="store_true", help="coverage-guided (libFuzzer)")
+    parser.add_argument("--runs", type=int, default=0, help="with --atheris: stop after N inputs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.atheris:
