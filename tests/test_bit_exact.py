@@ -92,11 +92,11 @@ def test_thread_count_does_not_change_coding(tiny_codec, files):
     assert all(np.array_equal(a.indices, b.indices) for a, b in zip(made[1], made[2], strict=True))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_reading_dtype_does_not_change_decoded_indices(tiny_codec, tiny_model_dir, files, dtype):
-    """A half-precision model has the same fingerprint, reads float32 files to the same
-    indices, and its own files decode (with the float32 model) to the indices it chose."""
-    half = OscarCodec(load_model(tiny_model_dir, dtype=dtype), device=torch.device("cpu"))
+def test_reading_dtype_does_not_change_decoded_indices(tiny_codec, tiny_model_dir, files):
+    """A bfloat16 model has the same fingerprint, reads float32 files to the same indices, and
+    its own files (other indices: other numbers) decode with the float32 model to exactly the
+    indices it chose. (float16 on CPU behaves the same; checked once, not kept: CI time.)"""
+    half = OscarCodec(load_model(tiny_model_dir, dtype=torch.bfloat16), device=torch.device("cpu"))
     assert half.fingerprint == tiny_codec.fingerprint
     reference = _indices(tiny_codec, files)
     decoded = _indices(half, files)
