@@ -188,3 +188,22 @@ def test_limits_default_values():
     assert Limits().max_payload_bytes == 64 * 2**20
     header = bitstream.Header(0, 0, b"abcd", 16384, 16384, b"\0" * 4)
     assert bitstream.read(bitstream.write(header, b"")).header == header
+
+
+def test_info_reports_each_bad_file_on_one_line(tiny_codec, tiny_model_dir, tmp_path, capsys):
+    good = tiny_codec.compress(make_image(16, 16), 0)
+    files = {
+        "good.oscar": good,
+        "junk.oscar": b"\x89PNG\r\n\x1a\n",
+        "huge.oscar": _resized(good, 65535, 65535),
+        "cut.oscar": good[:-5],
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / name) for name in files]
+    assert main(["info", *paths, "--model", str(tiny_model_dir), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 and '"level": 0' in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and "Traceback" not in err
+    assert "magic" in lines[0] and "exceeds the limit" in lines[1] and "file is" in lines[2]
