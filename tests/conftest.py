@@ -14,6 +14,10 @@ from oscar.models.oscar import OscarModel
 from oscar.pretrained import save_model
 from oscar.prior_fitting import fit_priors
 
+# Tiny models are bound by per-operation overhead, which a second OpenMP thread only adds to
+# (and multiplies when other processes compete for the cores).
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 

@@ -59,10 +59,17 @@ def test_worked_example_in_docs_matches():
     from oscar.rates import DEFAULT_LADDER
 
     payload = FixedLengthCoder().encode(np.array([17, 200, 3, 3, 91, 255]), DEFAULT_LADDER[0])
-    header = Header(level=0, coder_id=0, fingerprint=bytes.fromhex("6825276b"), height=128,
-                    width=192, side_info=bytes([170, 166, 175, 168]))
-    expected = ("4f 53 43 01 00 00 68 25 27 6b 00 80 00 c0 aa a6 af a8 06 "
-                "11 c8 03 03 5b ff 53 5a 07 f6")
+    header = Header(
+        level=0,
+        coder_id=0,
+        fingerprint=bytes.fromhex("6825276b"),
+        height=128,
+        width=192,
+        side_info=bytes([170, 166, 175, 168]),
+    )
+    expected = (
+        "4f 53 43 01 00 00 68 25 27 6b 00 80 00 c0 aa a6 af a8 06 11 c8 03 03 5b ff 53 5a 07 f6"
+    )
     assert bitstream.write(header, payload).hex(" ") == expected
     docs = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
     assert expected in docs

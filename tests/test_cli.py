@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import CONFIGS, make_image
@@ -212,3 +213,65 @@ def test_installed_command(tiny_model_dir, tmp_path):
     r = run("info", str(tmp_path / "missing.oscar"))
     assert r.returncode == 1 and "no such file" in r.stderr
     assert run("--help").returncode == 0
+
+
+def test_demo_prints_every_level(tiny_model_dir, tmp_path, capsys):
+    Image.fromarray(make_image(64, 96)).save(tmp_path / "a.png")
+    assert (
+        main(
+            [
+                "demo",
+                str(tmp_path / "a.png"),
+                "--model",
+                str(tiny_model_dir),
+                "--repeats",
+                "1",
+                "-o",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln[:5].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 1, 2, 3, 4, 5, 6, 7]
+    for r in rows:
+        level = int(r[0])
+        size = (tmp_path / "out" / f"level{level}.oscar").stat().st_size
+        assert int(r[3]) == size and float(r[2]) == pytest.approx(size * 8 / (64 * 96), abs=1e-4)
+
+
+def test_export_float16(tiny_model_dir, tmp_path, capsys):
+    assert main(["export", str(tiny_model_dir), "-o", str(tmp_path / "h")]) == 0
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "h" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in state.values()} == {__import__("torch").float16}
+    Image.fromarray(make_image(20, 30)).save(tmp_path / "a.png")
+    assert (
+        main(
+            [
+                "compress",
+                str(tmp_path / "a.png"),
+                "-o",
+                str(tmp_path / "a.oscar"),
+                "--model",
+                str(tmp_path / "h"),
+            ]
+        )
+        == 0
+    )
+    # the file is tied to the float16 weights, not to the float32 original
+    assert (
+        main(
+            [
+                "decompress",
+                str(tmp_path / "a.oscar"),
+                "-o",
+                str(tmp_path / "b.png"),
+                "--model",
+                str(tiny_model_dir),
+            ]
+        )
+        == 1
+    )
+    assert "made with model" in capsys.readouterr().err

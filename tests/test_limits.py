@@ -145,6 +145,24 @@ def test_entropy_file_for_a_model_without_priors_is_a_bitstream_error(tiny_codec
         codec.unpack(data)
 
 
+def test_entropy_file_at_a_level_without_a_prior_is_a_bitstream_error(tiny_codec):
+    """Priors may cover only some levels (a level added after fit-priors): a file naming the
+    missing table is the file's fault, not a ModelError from the prior lookup."""
+    from dataclasses import replace
+
+    from oscar.priors import IndexPriors
+
+    tables = dict(tiny_codec.loaded.priors.tables)
+    del tables[2]
+    codec = OscarCodec(
+        replace(tiny_codec.loaded, priors=IndexPriors(tables)), device=torch.device("cpu")
+    )
+    data = tiny_codec.compress(make_image(16, 16), 2, "entropy")
+    with pytest.raises(MalformedError, match="no prior for level 2"):
+        codec.unpack(data)
+    assert codec.unpack(tiny_codec.compress(make_image(16, 16), 3, "entropy")).level == 3
+
+
 def test_range_decoder_failures_become_bitstream_errors(tiny_codec, monkeypatch):
     """constriction reports some bad data by raising (a Rust panic is a BaseException)."""
     import constriction

@@ -27,7 +27,13 @@ from PIL import Image
 from oscar import bitstream
 from oscar.bitstream import Container, Header, Limits
 from oscar.device import resolve_device
-from oscar.entropy import FixedLengthCoder, IndexCoder, PriorCoder, make_coder
+from oscar.entropy import (
+    FIXED_CODER_ID,
+    PRIOR_CODER_ID,
+    FixedLengthCoder,
+    IndexCoder,
+    PriorCoder,
+)
 from oscar.errors import (
     ConfigError,
     FingerprintMismatchError,
@@ -107,6 +113,9 @@ class OscarCodec:
         self.model.to(self.device)
         self.limits = limits or Limits()
         self.pad_multiple = self.model.config.pad_multiple
+        # One coder of each kind, so the prior coder's per-level models are built once.
+        self._fixed = FixedLengthCoder()
+        self._prior = PriorCoder(loaded.priors) if loaded.priors is not None else None
 
     @classmethod
     def from_pretrained(
@@ -174,26 +183,45 @@ class OscarCodec:
             level, source.height, source.width, self.hyper_encode(y, level), codes, source.grey
         )
 
-    def _coder(self, coder: CoderChoice | int) -> list[IndexCoder]:
-        """The coders to try for a choice; the smallest output wins."""
-        priors = self.loaded.priors
+    def _coders(self, coder: CoderChoice, level: int) -> list[IndexCoder]:
+        """The coders to try for a choice at ``level``; the smallest output wins."""
+        has_table = self._prior is not None and level in self._prior.priors.tables
         if coder == "fixed":
-            return [FixedLengthCoder()]
+            return [self._fixed]
         if coder == "entropy":
-            if priors is None:
+            if not has_table:
                 raise ConfigError(
-                    "this model has no entropy priors; run `oscar fit-priors` or use --coder fixed"
+                    f"this model has no entropy prior for level {level}; run `oscar fit-priors` "
+                    "or use --coder fixed"
                 )
-            return [PriorCoder(priors)]
+            return [self._prior]
         if coder == "auto":
-            return [FixedLengthCoder()] + ([PriorCoder(priors)] if priors is not None else [])
+            return [self._fixed] + ([self._prior] if has_table else [])
         raise ConfigError(f"unknown coder {coder!r}: use auto, entropy or fixed")
+
+    def _coder_for_id(self, coder_id: int, level: int) -> IndexCoder:
+        """The coder a file names. A model's own files cannot name a prior it lacks (its
+        fingerprint covers its priors), so such a file is at fault: a BitstreamError like every
+        other defect of a file."""
+        if coder_id == FIXED_CODER_ID:
+            return self._fixed
+        if coder_id == PRIOR_CODER_ID:
+            if self._prior is None:
+                raise MalformedError(
+                    "this file is entropy-coded but the model has no priors (priors.safetensors)"
+                )
+            if level not in self._prior.priors.tables:
+                raise MalformedError(
+                    f"this file is entropy-coded but the model has no prior for level {level}"
+                )
+            return self._prior
+        raise MalformedError(f"unknown index-coder id {coder_id}")
 
     def pack(self, encoded: EncodedImage, coder: CoderChoice = "auto") -> bytes:
         """Typed record → file bytes. ``auto`` writes whichever coder gives fewer bytes."""
         rate = self.rate(encoded.level)
         best: tuple[int, bytes] | None = None
-        for candidate in self._coder(coder):
+        for candidate in self._coders(coder, encoded.level):
             payload = candidate.encode(encoded.indices, rate)
             if best is None or len(payload) < len(best[1]):
                 best = (candidate.coder_id, payload)
@@ -258,7 +286,7 @@ class OscarCodec:
         header = container.header
         rate = self.rate(header.level)
         h, w = self.token_grid(header.height, header.width, header.level)
-        coder = make_coder(header.coder_id, self.loaded.priors)
+        coder = self._coder_for_id(header.coder_id, header.level)
         if len(container.payload) > coder.max_payload_bytes(h * w, rate):
             raise MalformedError(
                 f"payload of {len(container.payload)} bytes is longer than {h * w} tokens allow"

@@ -162,17 +162,3 @@ class PriorCoder:
                 "(truncated, padded or altered)"
             )
         return indices
-
-
-def make_coder(coder_id: int, priors: IndexPriors | None) -> IndexCoder:
-    if coder_id == FIXED_CODER_ID:
-        return FixedLengthCoder()
-    if coder_id == PRIOR_CODER_ID:
-        if priors is None:
-            # A model's own files cannot reach this (its fingerprint covers its priors), so the
-            # file is at fault: a BitstreamError like every other defect of a file.
-            raise MalformedError(
-                "this file is entropy-coded but the model has no priors (priors.safetensors)"
-            )
-        return PriorCoder(priors)
-    raise MalformedError(f"unknown index-coder id {coder_id}")

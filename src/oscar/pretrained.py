@@ -65,6 +65,23 @@ class LoadedModel:
     def short_fingerprint(self) -> bytes:
         return self.fingerprint[:FINGERPRINT_BYTES]
 
+    @classmethod
+    def from_model(
+        cls,
+        model: OscarModel,
+        priors: IndexPriors | None = None,
+        directory: Path | None = None,
+    ) -> LoadedModel:
+        """Wrap an in-memory model (training, calibration); the fingerprint is what saving it
+        in its current dtype and loading it back would give."""
+        parts = {f"hyper.{k}": v for k, v in model.hyper.state_dict().items()}
+        parts["prompt_embedding"] = model.prompt_embedding.detach()
+        tensors = _named_tensors(model.vae.state_dict(), model.unet.state_dict(), parts, priors)
+        digest = fingerprint(model.config, tensors)
+        return cls(
+            model=model, priors=priors, fingerprint=digest, directory=directory or Path("<memory>")
+        )
+
 
 # ----------------------------------------------------------------------------- fingerprint
 def _public(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,6 +110,21 @@ def fingerprint(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]]
         h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.digest()
+
+
+def _named_tensors(
+    vae_state: Mapping[str, torch.Tensor],
+    unet_state: Mapping[str, torch.Tensor],
+    parts: Mapping[str, torch.Tensor],
+    priors: IndexPriors | None,
+) -> list[tuple[str, torch.Tensor]]:
+    """The tensors a fingerprint covers, with the names it hashes them under."""
+    tensors = [(f"vae.{k}", v) for k, v in vae_state.items()]
+    tensors += [(f"unet.{k}", v) for k, v in unet_state.items()]
+    tensors += list(parts.items())
+    if priors is not None:
+        tensors += [(f"priors.{k}", v) for k, v in priors.as_tensors().items()]
+    return tensors
 
 
 # ----------------------------------------------------------------------------- reading helpers
@@ -222,6 +254,14 @@ def save_model(
     return load_model(directory).fingerprint
 
 
+def write_model_config(directory: str | Path, config: ModelConfig) -> None:
+    """Rewrite a model directory's oscar.json (rate table, widths), atomically."""
+    from oscar.io import atomic_output
+
+    with atomic_output(Path(directory) / MODEL_FILE, force=True) as tmp:
+        tmp.write_text(json.dumps(_oscar_json(config), indent=2) + "\n")
+
+
 # ----------------------------------------------------------------------------- load
 def read_config(directory: str | Path, base_model: str | Path | None = None) -> ModelConfig:
     """The full ModelConfig of a model directory, without reading any weights."""
@@ -321,12 +361,7 @@ def load_model(
     if (directory / PRIORS_FILE).is_file():
         priors = IndexPriors.load(directory / PRIORS_FILE, config.levels)
 
-    tensors = [(f"vae.{k}", v) for k, v in vae_state.items()]
-    tensors += [(f"unet.{k}", v) for k, v in unet_state.items()]
-    tensors += list(parts.items())
-    if priors is not None:
-        tensors += [(f"priors.{k}", v) for k, v in priors.as_tensors().items()]
-    digest = fingerprint(config, tensors)
+    digest = fingerprint(config, _named_tensors(vae_state, unet_state, parts, priors))
 
     model = model.to(device=device or torch.device("cpu"), dtype=dtype).eval()
     model.requires_grad_(False)

@@ -40,6 +40,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-model", metavar="DIR", default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=run_fit_priors)
 
+    p = sub.add_parser(
+        "export",
+        help="copy a model directory, converting its weights' storage dtype",
+        formatter_class=HelpFormatter,
+        description="Write MODEL to DIR with floating-point weights stored as --dtype (the "
+        "embedded model ships as float16; computation stays float32). The fingerprint changes "
+        "with the weights, and the priors are copied as they are: refit them on the exported "
+        "model (oscar fit-priors) so that they match its indices.",
+    )
+    p.add_argument("model_dir", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.add_argument("-f", "--force", action="store_true", help="write into a non-empty folder")
+    p.set_defaults(handler=run_export)
+
 
 def run_init(args: argparse.Namespace) -> int:
     import torch
@@ -109,4 +124,20 @@ def run_fit_priors(args: argparse.Namespace) -> int:
         )
     digest = load_model(args.model_dir, base_model=args.base_model).fingerprint
     print(f"wrote {target} from {len(images)} images; model fingerprint is now {digest[:4].hex()}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from oscar.pretrained import load_model, save_model
+
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
+    loaded = load_model(args.model_dir)
+    dtype = getattr(torch, args.dtype)
+    digest = save_model(loaded.model, out, priors=loaded.priors, dtype=dtype)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({args.dtype}, {size / 2**20:.1f} MiB), fingerprint {digest[:4].hex()}")
     return 0

@@ -156,7 +156,7 @@ def check_input(
 
 # ----------------------------------------------------------------------------- seeds and runs
 def make_seeds(codec: Any, sizes: Sequence[tuple[int, int]] | None = None) -> list[bytes]:
-    """Valid files: every level, both coders (entropy when the model has priors), colour and
+    """Valid files: every level, both coders (entropy where the model has a prior), colour and
     greyscale images of a few sizes within the codec's pixel limit."""
     import numpy as np
 
@@ -165,7 +165,8 @@ def make_seeds(codec: Any, sizes: Sequence[tuple[int, int]] | None = None) -> li
     limit = codec.limits.max_pixels
     sizes = sizes or [(1, 1), (16, 16), (9, 100), (32, 32)]
     sizes = [s for s in sizes if s[0] * s[1] <= limit]
-    coders = ["fixed"] + (["entropy"] if codec.loaded.priors is not None else [])
+    priors = codec.loaded.priors
+    tables = priors.tables if priors is not None else {}
     rng = np.random.default_rng(0)
     seeds = []
     for i, (h, w) in enumerate(sizes):
@@ -180,6 +181,7 @@ def make_seeds(codec: Any, sizes: Sequence[tuple[int, int]] | None = None) -> li
             record = EncodedImage(
                 rate.level, h, w, codec.hyper_encode(y, rate.level), rms_codes, source.grey
             )
+            coders = ["fixed"] + (["entropy"] if rate.level in tables else [])
             seeds += [codec.pack(record, coder) for coder in coders]
     return seeds
 

@@ -50,7 +50,7 @@ class CosineVectorQuantizer(nn.Module):
         """(K, d) unit-norm codewords."""
         return F.normalize(self.codebook, dim=-1)
 
-    def _project(self, u: torch.Tensor) -> torch.Tensor:
+    def project(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, M, h, w) → unit-norm p̂ (B, h, w, d)."""
         p = self.project_in(u.permute(0, 2, 3, 1))
         return F.normalize(p, dim=-1, eps=1e-6)
@@ -62,7 +62,7 @@ class CosineVectorQuantizer(nn.Module):
 
     def quantize(self, u: torch.Tensor) -> torch.Tensor:
         """Features u (B, M, h, w) → indices (B, h, w) int64."""
-        return self._nearest(self._project(u), self.normalized_codebook())
+        return self._nearest(self.project(u), self.normalized_codebook())
 
     def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, h, w) → features û (B, M, h, w). The decoder's only path."""
@@ -70,7 +70,7 @@ class CosineVectorQuantizer(nn.Module):
         return self.project_out(e.to(self.project_out.weight.dtype)).permute(0, 3, 1, 2)
 
     def forward(self, u: torch.Tensor) -> QuantizerOutput:
-        p_hat = self._project(u)
+        p_hat = self.project(u)
         codebook = self.normalized_codebook()
         indices = self._nearest(p_hat.detach(), codebook)
         e = F.embedding(indices, codebook)

@@ -1,0 +1,234 @@
+"""``oscar eval``: our codec and classical baselines on a folder of images, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from oscar.commands.common import add_limit_options, add_model_options, positive_int
+from oscar.errors import ConfigError
+
+DEFAULT_BASELINES = "jpeg,webp,avif,jxl,jpeg2000"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from oscar.cli import HelpFormatter
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate the codec and classical baselines on images; writes an HTML report",
+        formatter_class=HelpFormatter,
+        description="Code every image at each level with our codec and with each baseline at the "
+        "setting whose measured bpp is closest to ours, sweep each baseline's own range, score "
+        "everything against the original, and write per-image and aggregate tables, BD-rates, "
+        "rate-distortion plots and report.html to OUT. Rates come from real bytes. Metrics whose "
+        "pretrained weights are not on disk are skipped with one line saying which file to put "
+        "where (see docs/evaluation.md). Several processes: `accelerate launch -m oscar.cli eval "
+        "...` shards the images and merges the results.",
+    )
+    p.add_argument("data", nargs="+", metavar="DATA", help="image folder(s) or files")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    p.add_argument("--levels", default="all", help="comma-separated levels of ours, or 'all'")
+    p.add_argument(
+        "--baselines",
+        default=DEFAULT_BASELINES,
+        help="comma-separated classical codecs (jpeg, webp, avif, jxl, jpeg2000) or 'none'",
+    )
+    p.add_argument(
+        "--metrics",
+        default="psnr,ms_ssim,lpips_alex,lpips_vgg,dists,fid,kid",
+        help="comma-separated: psnr, ms_ssim, lpips_alex, lpips_vgg, dists, fid, kid, fid_whole",
+    )
+    p.add_argument(
+        "--anchor",
+        default=None,
+        help="codec the BD-rates are measured against (default: the first baseline, else oscar)",
+    )
+    p.add_argument(
+        "--weights-dir",
+        metavar="DIR",
+        default=None,
+        help="folder with the LPIPS / DISTS / FID weight files (also searched: "
+        "$TORCH_HOME/hub/checkpoints, ~/.cache/torch/hub/checkpoints)",
+    )
+    p.add_argument("--fid-patch", type=positive_int, default=256, help="FID/KID patch size")
+    p.add_argument(
+        "--fid-no-shift",
+        action="store_true",
+        help="FID/KID on the non-overlapping patch grid only (default: also the grid shifted "
+        "by half a patch)",
+    )
+    p.add_argument("--fid-whole", action="store_true", help="add whole-image FID (fid_whole)")
+    p.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets")
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size")
+    p.add_argument("--no-sweep", action="store_true", help="skip the baselines' own sweeps")
+    p.add_argument(
+        "--crops", type=int, default=3, metavar="N", help="images shown as crops in the report"
+    )
+    p.add_argument("--crop-size", type=positive_int, default=192, help="crop side in pixels")
+    p.add_argument("--max-images", type=positive_int, default=None, metavar="N")
+    p.add_argument(
+        "--published",
+        metavar="CSV",
+        default=None,
+        help="published results to overlay (codec,bpp,metric,value[,source]); shown as not "
+        "re-measured",
+    )
+    p.add_argument("-f", "--force", action="store_true", help="write into a non-empty OUT")
+    add_model_options(p)
+    add_limit_options(p)
+    p.set_defaults(handler=run_eval)
+
+
+def _shard(device: str):
+    """(index, count, device, state) under ``accelerate launch`` / ``torchrun``; (0, 1, None,
+    None) for a single process. Without CUDA (or with ``--device cpu``) processes share the CPU."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None, None
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        raise ConfigError("several processes need `accelerate` (pip install accelerate)") from None
+    import torch
+
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    if state.num_processes <= 1:
+        return 0, 1, None, None
+    return state.process_index, state.num_processes, state.device, state
+
+
+def _environment(device) -> dict[str, str]:
+    import os
+    import platform
+
+    import torch
+
+    from oscar import __version__
+
+    info = {
+        "oscar": __version__,
+        "torch": torch.__version__,
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPU threads",
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["device"] += f" ({torch.cuda.get_device_name(device)})"
+    try:
+        import imagecodecs
+
+        parts = [part.split("-", 1) for part in imagecodecs.version().split(", ") if "-" in part]
+        libs = dict(parts)
+        keep = ("libjpeg_turbo", "libwebp", "libavif", "libjxl", "openjpeg")
+        info["baseline libraries"] = ", ".join(f"{k} {libs[k]}" for k in keep if k in libs)
+    except ImportError:
+        pass
+    return info
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import datetime
+
+    from oscar.commands.common import load_codec
+    from oscar.commands.models import parse_levels
+    from oscar.evaluation.baselines import get_baselines
+    from oscar.evaluation.bdrate import bd_rates
+    from oscar.evaluation.metrics import MetricSuite
+    from oscar.evaluation.plots import read_published
+    from oscar.evaluation.report import write_outputs
+    from oscar.evaluation.runner import (
+        EvalOptions,
+        Shard,
+        evaluate_images,
+        finalize,
+        list_images,
+    )
+    from oscar.evaluation.shards import load_partial, save_partial
+
+    out = Path(args.output)
+    index, count, shard_device, state = _shard(args.device)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
+    if state is not None:  # every process has checked OUT before any of them writes to it
+        state.wait_for_everyone()
+    baselines = get_baselines(args.baselines)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.fid_whole and "fid_whole" not in metrics:
+        metrics.append("fid_whole")
+    published = read_published(args.published) if args.published else []
+    images = list_images(args.data, args.max_images)
+    if not images:
+        raise ConfigError("no images found in " + ", ".join(args.data))
+    if shard_device is not None and shard_device.type == "cuda" and args.device == "auto":
+        args.device = str(shard_device)
+    codec = load_codec(args)
+    levels = tuple(parse_levels(args.levels, codec.model.config.level_numbers))
+    anchor = args.anchor or (baselines[0].name if baselines else "oscar")
+    suite = MetricSuite(
+        metrics,
+        args.weights_dir,
+        codec.device,
+        fid_patch=args.fid_patch,
+        fid_shifted=not args.fid_no_shift,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+    )
+    if index == 0:
+        for line in suite.skip_lines():
+            print(f"oscar: {line}", file=sys.stderr)
+    options = EvalOptions(
+        levels=levels,
+        sweep=not args.no_sweep,
+        crops=args.crops,
+        crop_size=args.crop_size,
+    )
+    part = evaluate_images(codec, images, baselines, suite, options, Shard(index, count))
+    if count > 1:
+        save_partial(part, out / "shards" / f"part-{index:03d}")
+        state.wait_for_everyone()
+        if index != 0:
+            return 0
+        parts = [load_partial(out / "shards" / f"part-{i:03d}") for i in range(count)]
+    else:
+        parts = [part]
+    result = finalize(parts, suite)
+    shown = [m for m in metrics if m not in suite.skipped]
+    bd = bd_rates(result.aggregates, anchor, shown)
+    info = {
+        "data": ", ".join(args.data),
+        "images": len(images),
+        "model": str(codec.loaded.directory),
+        "model fingerprint": codec.fingerprint.hex(),
+        "levels": ", ".join(map(str, levels)),
+        "baselines": ", ".join(f"{b.name} ({b.options})" for b in baselines) or "none",
+        "FID/KID protocol": f"{args.fid_patch}px patches"
+        + ("" if args.fid_no_shift else " + half-patch-shifted grid")
+        + ", resized to 299, pytorch-fid Inception pool3",
+        "processes": count,
+        "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        **_environment(codec.device),
+    }
+    write_outputs(result, out, metrics, bd, info, published)
+    _print_summary(result, shown, out)
+    return 0
+
+
+def _print_summary(result, metrics, out: Path) -> None:
+    import math
+
+    def fmt(v):
+        return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
+
+    print(f"{'codec':<16} {'level':>5} {'bpp':>8} " + " ".join(f"{m:>10}" for m in metrics))
+    for a in result.aggregates:
+        if a.kind == "sweep":
+            continue
+        flag = f"  (floor on {a.statuses['floor']})" if a.statuses.get("floor") else ""
+        print(
+            f"{a.codec:<16} {a.level!s:>5} {a.bpp:>8.4f} "
+            + " ".join(f"{fmt(a.all_metrics.get(m)):>10}" for m in metrics)
+            + flag
+        )
+    print(f"wrote {out / 'report.html'} and tables in {out}")

@@ -1,0 +1,159 @@
+"""Rate–distortion plots: one panel per metric, PNG and SVG (matplotlib's Agg renderer).
+
+Lines are each codec's curve (:func:`oscar.evaluation.bdrate.curves`): ours per level, the
+baselines' sweeps. Crosses are the baselines' points matched to our rate; a dashed line is a
+down-scaled variant. Numbers from a user's CSV of published results (``--published``) are drawn
+as hollow markers labelled "published, not re-measured". The x axis is bpp on a log scale.
+
+Published CSV columns: ``codec,bpp,metric,value`` and optionally ``source`` (one row per point;
+``metric`` is one of our metric names, e.g. ``dists`` or ``lpips_vgg``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from oscar.errors import ConfigError
+from oscar.evaluation.bdrate import curves
+from oscar.evaluation.metrics import ALL_METRICS, LABELS
+from oscar.evaluation.records import Aggregate
+
+
+@dataclass(frozen=True)
+class PublishedPoint:
+    codec: str
+    bpp: float
+    metric: str
+    value: float
+    source: str = ""
+
+
+def read_published(path: str | Path) -> list[PublishedPoint]:
+    """Rows of a published-results CSV (see module docstring); clear errors for bad rows."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    rows = list(csv.DictReader(line for line in text.splitlines() if not line.startswith("#")))
+    need = {"codec", "bpp", "metric", "value"}
+    if not rows or not need <= set(rows[0]):
+        raise ConfigError(f"{path}: needs the columns {', '.join(sorted(need))}")
+    out = []
+    for i, row in enumerate(rows, start=2):
+        metric = row["metric"].strip()
+        if metric not in ALL_METRICS:
+            raise ConfigError(f"{path}:{i}: unknown metric {metric!r}")
+        try:
+            bpp, value = float(row["bpp"]), float(row["value"])
+        except ValueError:
+            raise ConfigError(f"{path}:{i}: bpp and value must be numbers") from None
+        source = row.get("source") or ""
+        out.append(PublishedPoint(row["codec"].strip(), bpp, metric, value, source))
+    return out
+
+
+def _colours(codecs: Sequence[str]) -> dict[str, str]:
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    base = sorted({c.split("-down")[0] for c in codecs if c != "oscar"})
+    colours = {c: palette[i % len(palette)] for i, c in enumerate(base)}
+    colours["oscar"] = "#d62728"
+    return {c: colours[c.split("-down")[0]] for c in codecs}
+
+
+def plot_rd(
+    aggregates: Sequence[Aggregate],
+    metrics: Sequence[str],
+    out_stem: Path,
+    published: Sequence[PublishedPoint] = (),
+    title: str = "",
+) -> list[Path]:
+    """Write ``OUT_STEM.png`` and ``OUT_STEM.svg``; returns their paths (none if no data)."""
+    # A bare Figure renders with the Agg canvas and touches no global backend state (no pyplot).
+    from matplotlib.figure import Figure
+
+    panels = [
+        m
+        for m in metrics
+        if any(_ok(a.all_metrics.get(m)) for a in aggregates)
+        or any(p.metric == m for p in published)
+    ]
+    if not panels:
+        return []
+    by_codec = curves(aggregates)
+    colours = _colours(list({a.codec for a in aggregates} | {p.codec for p in published}))
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(5.2 * cols, 4.0 * rows + 1.2), layout="constrained")
+    for i, metric in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for codec, points in by_codec.items():
+            xy = [(a.bpp, a.all_metrics.get(metric)) for a in points]
+            xy = [(x, y) for x, y in xy if _ok(y)]
+            if not xy:
+                continue
+            style = "--" if "-down" in codec else "-"
+            width = 2.2 if codec == "oscar" else 1.4
+            ax.plot(
+                *zip(*xy, strict=True),
+                style,
+                marker="o",
+                ms=3.5,
+                lw=width,
+                color=colours[codec],
+                label=codec,
+            )
+        for codec in sorted({a.codec for a in aggregates if a.kind == "matched"}):
+            xy = [
+                (a.bpp, a.all_metrics.get(metric))
+                for a in aggregates
+                if a.kind == "matched" and a.codec == codec
+            ]
+            xy = [(x, y) for x, y in xy if _ok(y)]
+            if xy:  # one legend entry for all of them (added below)
+                ax.plot(*zip(*xy, strict=True), "x", ms=6, color=colours[codec])
+        for codec in sorted({p.codec for p in published if p.metric == metric}):
+            pts = sorted(
+                (p.bpp, p.value) for p in published if p.metric == metric and p.codec == codec
+            )
+            ax.plot(
+                *zip(*pts, strict=True),
+                ":",
+                marker="o",
+                mfc="none",
+                ms=6,
+                color=colours.get(codec, "#7f7f7f"),
+                label=f"{codec} (published, not re-measured)",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("bits per pixel (measured from bytes)")
+        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.set_title(LABELS.get(metric, metric))
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    for ax in fig.axes[1:]:  # entries that only appear in later panels (published numbers)
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    from matplotlib.lines import Line2D
+
+    if any(a.kind == "matched" for a in aggregates):
+        handles.append(Line2D([], [], ls="", marker="x", color="#444444"))
+        labels.append("× matched to our rate (colour = codec)")
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=110)
+    fig.savefig(paths[1], metadata={"Date": None})  # no timestamp: same input, same file
+    return paths
+
+
+def _ok(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

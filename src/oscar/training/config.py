@@ -1,0 +1,248 @@
+"""Training recipes: YAML or JSON, validated into dataclasses; every field is used.
+
+A recipe names the starting model and a list of stages that run in order, each starting from the
+model the previous stage wrote::
+
+    model: configs/small.json          # architecture to initialise (or init_from: MODEL_DIR)
+    output_dir: runs/small
+    seed: 0
+    data: {train: [data/train], validation: [data/heldout], patch_size: 128}
+    stages:
+      - {kind: vae, steps: 4000, batch_size: 16, lr: 2.0e-4}
+      - {kind: diffusion, steps: 6000, batch_size: 32, lr: 1.0e-4}
+      - {kind: hyper, steps: 3000, batch_size: 16, lr: 3.0e-4}
+      - {kind: calibrate}
+      - {kind: joint, steps: 3000, batch_size: 8, lr: 5.0e-5}
+      - {kind: priors}
+
+Stage kinds (method.md §4-5): ``vae`` and ``diffusion`` (stage 0, models trained from scratch),
+``hyper`` (stage 1), ``calibrate``, ``joint`` (stage 2), ``priors``, and ``add_level`` (adds a
+new rate level whose hyper-coder the next ``hyper`` stage trains).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from oscar.errors import ConfigError
+
+StageKind = Literal["vae", "diffusion", "hyper", "calibrate", "joint", "priors", "add_level"]
+TRAINING_KINDS = ("vae", "diffusion", "hyper", "joint")
+PerceptualKind = Literal["lpips_vgg", "lpips_alex", "dists", "ms_ssim", "none"]
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate a dataclass from a dict, refusing unknown keys (nested dataclasses too)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown field(s) in {where}: {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        nested = _NESTED.get((cls.__name__, name))
+        kwargs[name] = _build(nested, value, f"{where}.{name}") if nested else value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Image folders and how training crops are drawn from them."""
+
+    train: tuple[str, ...] = ()
+    validation: tuple[str, ...] = ()
+    patch_size: int = 128
+    num_workers: int = 2
+    cache_images: bool = True
+    max_validation_images: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train", tuple(self.train))
+        object.__setattr__(self, "validation", tuple(self.validation))
+        if self.patch_size < 16 or self.patch_size % 16:
+            raise ConfigError(f"data.patch_size must be a multiple of 16, got {self.patch_size}")
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights; which ones a stage reads is listed in its docstring (oscar.training.stages).
+
+    ``perceptual`` names the perceptual distance (LPIPS and DISTS need local weight files);
+    ``perceptual_fallback`` is used, and logged, when those weights are absent.
+    """
+
+    l1: float = 1.0
+    perceptual: float = 1.0
+    perceptual_kind: PerceptualKind = "lpips_vgg"
+    perceptual_fallback: PerceptualKind = "ms_ssim"
+    edge_perceptual: float = 1.0
+    kl: float = 1.0e-6
+    cosine: float = 2.0
+    commitment: float = 1.0
+    adversarial: float = 5.0e-3
+    adversarial_start: int = 0
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage. Training stages (vae, diffusion, hyper, joint) use the optimisation fields."""
+
+    kind: StageKind
+    steps: int = 0
+    batch_size: int = 8
+    lr: float = 1.0e-4
+    discriminator_lr: float = 1.0e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    grad_clip: float = 1.0
+    grad_accumulation: int = 1
+    ema_decay: float | None = None
+    levels: tuple[int, ...] | Literal["all"] = "all"
+    patch_size: int | None = None
+    train_unet: Literal["full", "lora", "frozen"] = "full"
+    loss: LossConfig = field(default_factory=LossConfig)
+    dead_code_interval: int = 100
+    # add_level only
+    grid_factor: int | None = None
+    codebook_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in (
+            "vae",
+            "diffusion",
+            "hyper",
+            "calibrate",
+            "joint",
+            "priors",
+            "add_level",
+        ):
+            raise ConfigError(f"unknown stage kind {self.kind!r}")
+        if isinstance(self.levels, list):
+            object.__setattr__(self, "levels", tuple(self.levels))
+        if self.kind in TRAINING_KINDS:
+            if self.steps < 1:
+                raise ConfigError(f"stage {self.kind}: steps must be >= 1")
+            if self.batch_size < 1 or self.grad_accumulation < 1:
+                raise ConfigError(f"stage {self.kind}: batch_size and grad_accumulation >= 1")
+            if self.lr <= 0:
+                raise ConfigError(f"stage {self.kind}: lr must be > 0")
+        if self.kind == "add_level" and (self.grid_factor is None or self.codebook_size is None):
+            raise ConfigError("stage add_level needs grid_factor and codebook_size")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError("ema_decay must be in (0, 1)")
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole recipe."""
+
+    output_dir: str
+    stages: tuple[StageConfig, ...]
+    model: str | None = None
+    init_from: str | None = None
+    base_model: str | None = None
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    validate_every: int = 0
+    log_every: int = 20
+    weights_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.init_from is None):
+            raise ConfigError("give exactly one of `model` (architecture) or `init_from` (model)")
+        if not self.stages:
+            raise ConfigError("the recipe has no stages")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ConfigError("checkpoint_every and log_every must be >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        stages = data.pop("stages", None)
+        if not isinstance(stages, list):
+            raise ConfigError("`stages` must be a list")
+        data["stages"] = tuple(_build(StageConfig, s, f"stages[{i}]") for i, s in enumerate(stages))
+        if "data" in data:
+            data["data"] = _build(DataConfig, data["data"], "data")
+        return _build_top(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # yaml.YAMLError or JSONDecodeError
+            raise ConfigError(f"{path} is not valid YAML/JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping")
+        config = cls.from_dict(data)
+        return config.resolve_paths(path.parent)
+
+    def resolve_paths(self, base: Path) -> TrainConfig:
+        """Make relative paths relative to the recipe file's folder... unless they exist as given.
+
+        Paths that exist relative to the working directory are kept, so recipes in configs/
+        can say `configs/small.json` when run from the project root.
+        """
+        from dataclasses import replace
+
+        def fix(p: str | None) -> str | None:
+            if p is None or Path(p).is_absolute() or Path(p).exists():
+                return p
+            candidate = base / p
+            return str(candidate) if candidate.exists() else p
+
+        data = replace(
+            self.data,
+            train=tuple(fix(p) for p in self.data.train),
+            validation=tuple(fix(p) for p in self.data.validation),
+        )
+        return replace(
+            self,
+            model=fix(self.model),
+            init_from=fix(self.init_from),
+            base_model=fix(self.base_model),
+            weights_dir=fix(self.weights_dir),
+            data=data,
+        )
+
+
+_NESTED = {("StageConfig", "loss"): LossConfig, ("TrainConfig", "data"): DataConfig}
+
+
+def _build_top(data: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) in recipe: {', '.join(unknown)}")
+    try:
+        return TrainConfig(**data)
+    except TypeError as exc:
+        raise ConfigError(f"recipe: {exc}") from exc

@@ -1,0 +1,149 @@
+"""Stage 1 (method.md §5): each level's hyper-coder alone against the frozen autoencoder.
+
+Loss per level: ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·(codebook + β·commitment), the
+cosine taken over the whole latent of each sample (oscar.training.losses.global_cosine). The
+selected levels all train on the same batch, sharing one VAE encoding; train them in one run
+(``levels: all``) or separately (``levels: [3]``).
+
+Dead codebook entries: every ``dead_code_interval`` steps, entries no token chose during the
+interval (counted over all processes) are re-seeded with projected features p̂ of the current
+batch, gathered from all processes and picked with a generator seeded by the step alone, so every
+process makes the identical change. Codebook usage per level is logged and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from oscar.config import ModelConfig
+from oscar.models.hyper import HyperCoder, HyperOutput
+from oscar.models.oscar import OscarModel
+from oscar.rates import RateLevel
+from oscar.training.loop import backward_and_step, make_optimized
+from oscar.training.losses import cosine_loss, value
+from oscar.training.stage_base import Stage
+
+log = logging.getLogger(__name__)
+
+
+def resolve_levels(model: OscarModel, levels) -> list[int]:
+    available = list(model.config.level_numbers)
+    if levels == "all":
+        return available
+    unknown = sorted(set(levels) - set(available))
+    if unknown:
+        raise ValueError(f"levels {unknown} are not in the model's rate table {available}")
+    return list(levels)
+
+
+class _HyperForward(nn.Module):
+    """y → {level: HyperOutput} for the trained levels."""
+
+    def __init__(self, hyper: nn.ModuleDict, levels: list[int]) -> None:
+        super().__init__()
+        self.hyper = hyper
+        self.levels = levels
+
+    def forward(self, y: torch.Tensor) -> dict[int, HyperOutput]:
+        return {lv: self.hyper[str(lv)](y) for lv in self.levels}
+
+
+class HyperStage(Stage):
+    def setup(self) -> None:
+        sc = self.stage
+        self.levels = resolve_levels(self.model, sc.levels)
+        self.check_patch_size()
+        self.model.requires_grad_(False)
+        self.model.eval()
+        for lv in self.levels:
+            self.model.hyper[str(lv)].requires_grad_(True).train()
+        self.gen = make_optimized(
+            self.ctx, "hyper", _HyperForward(self.model.hyper, self.levels), sc.lr, sc.steps
+        )
+        self.usage = {
+            lv: torch.zeros(
+                self.model.rate(lv).codebook_size, dtype=torch.long, device=self.ctx.device
+            )
+            for lv in self.levels
+        }
+        self.usage_report: dict[int, float] = {}
+
+    def train_step(self, step: int) -> dict[str, float]:
+        loss_cfg = self.stage.loss
+        losses, logs, last_y = [], {}, None
+        for x in self.micro_batches():
+            with torch.no_grad():
+                y = self.model.encode_latent(x)
+            last_y = y
+            with self.autocast():
+                outputs = self.gen.module(y)
+                total = 0.0
+                for lv, out in outputs.items():
+                    cos = cosine_loss(out.y_tilde, y)
+                    commit = out.commitment_loss
+                    total = total + loss_cfg.cosine * cos + loss_cfg.commitment * commit
+                    logs[f"cos/level{lv}"] = 1.0 - value(cos)
+                    self.usage[lv] += torch.bincount(
+                        out.indices.flatten(), minlength=self.usage[lv].numel()
+                    )
+            losses.append(total)
+        backward_and_step(self.ctx, self.gen, losses)
+        logs["loss/hyper"] = sum(value(v) for v in losses) / len(losses)
+        if self.stage.dead_code_interval and (step + 1) % self.stage.dead_code_interval == 0:
+            logs.update(self.reseed_dead_codes(step, last_y))
+        return logs
+
+    @torch.no_grad()
+    def reseed_dead_codes(self, step: int, y: torch.Tensor) -> dict[str, float]:
+        acc = self.ctx.accelerator
+        logs = {}
+        for lv in self.levels:
+            counts = acc.reduce(self.usage[lv].clone(), reduction="sum")
+            used = float((counts > 0).float().mean())
+            self.usage_report[lv] = used
+            logs[f"codebook_usage/level{lv}"] = used
+            dead = torch.nonzero(counts == 0).flatten()
+            if dead.numel():
+                coder: HyperCoder = self.unwrap(self.gen.module).hyper[str(lv)]
+                p_hat = coder.quantizer.project(coder.g_a(y)).flatten(0, 2).float()
+                p_hat = acc.gather(p_hat.contiguous())
+                g = torch.Generator().manual_seed(self.ctx.config.seed * 1_000_003 + step)
+                pick = torch.randint(p_hat.shape[0], (dead.numel(),), generator=g)
+                jitter = 0.01 * torch.randn(dead.numel(), p_hat.shape[1], generator=g)
+                book = coder.quantizer.codebook
+                book.data[dead] = (p_hat[pick].cpu() + jitter).to(book.device, book.dtype)
+                log.info("level %d: re-seeded %d dead codebook entries", lv, dead.numel())
+            self.usage[lv].zero_()
+        return logs
+
+    def validate(self, step: int) -> dict[str, float]:
+        return self.validate_codec(step, self.levels)
+
+
+def add_level(model: OscarModel, grid_factor: int, codebook_size: int, seed: int) -> RateLevel:
+    """Give ``model`` a new level (number: one past the highest) with a fresh hyper-coder.
+
+    Its timestep starts at the value of the nearest existing level with the same grid factor
+    (else the median); the ``calibrate`` stage measures the real one. Nothing else changes.
+    """
+    config: ModelConfig = model.config
+    number = max(config.level_numbers) + 1
+    same_grid = [lv for lv in config.levels if lv.grid_factor == grid_factor]
+    timestep = (
+        same_grid[0].timestep
+        if same_grid
+        else int(np.median([lv.timestep for lv in config.levels]))
+    )
+    rate = RateLevel(number, grid_factor, codebook_size, timestep)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + number)
+        coder = HyperCoder(rate, config.hyper, model.vae.config.latent_channels)
+    param = next(model.parameters())
+    model.hyper[str(number)] = coder.to(param.device, param.dtype)
+    model.config = replace(config, levels=(*config.levels, rate))
+    return rate

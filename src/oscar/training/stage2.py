@@ -1,0 +1,144 @@
+"""Stage 2 (method.md §5): hyper-coders + UNet (full fine-tuning or LoRA) + prompt embedding,
+VAE frozen, one level drawn per step.
+
+Loss: ``l1``·L1(x_hat, x) + ``perceptual``·P(x_hat, x) + ``edge_perceptual``·P(Sobel(x_hat),
+Sobel(x)) + ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·VQ terms + ``adversarial``·hinge
+from the discriminator on frozen diffusion-UNet features of noised latents (real y, fake y_hat;
+from step ``adversarial_start``). The generator's adversarial gradient reaches y_hat and through
+it the UNet, prompt and hyper-coders (tests/test_training.py checks it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from oscar.training.discriminators import UNetFeatureDiscriminator
+from oscar.training.loop import backward_and_step, make_optimized
+from oscar.training.losses import (
+    cosine_loss,
+    edge_perceptual,
+    hinge_d_loss,
+    hinge_g_loss,
+    l1,
+    make_perceptual,
+    value,
+)
+from oscar.training.stage1 import resolve_levels
+from oscar.training.stage_base import Stage
+
+
+class JointStage(Stage):
+    def setup(self) -> None:
+        sc = self.stage
+        model = self.model
+        self.levels = resolve_levels(model, sc.levels)
+        self.check_patch_size()
+        model.requires_grad_(False)
+        model.vae.eval()
+        for lv in self.levels:
+            model.hyper[str(lv)].requires_grad_(True).train()
+        model.prompt_embedding.requires_grad_(True)
+        if sc.train_unet == "full":
+            model.unet.requires_grad_(True).train()
+        elif sc.train_unet == "lora":
+            from oscar.models.lora import add_lora
+
+            if model.config.lora is None:
+                raise ValueError("train_unet: lora needs `lora` settings in the model config")
+            add_lora(model.unet, model.config.lora)
+            model.unet.train()
+        if self.ctx.config.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
+        self.disc = None
+        if sc.loss.adversarial > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.ctx.config.seed + 2)
+                d = UNetFeatureDiscriminator(model.unet)
+            d.to(self.ctx.device)
+        self.gen = make_optimized(self.ctx, "generator", model, sc.lr, sc.steps)
+        if sc.loss.adversarial > 0:
+            self.disc = make_optimized(self.ctx, "discriminator", d, sc.discriminator_lr, sc.steps)
+        self.perceptual, self.perceptual_name = make_perceptual(
+            sc.loss.perceptual_kind, sc.loss.perceptual_fallback, self.ctx.config.weights_dir
+        )
+
+    def level_for_step(self, step: int) -> int:
+        """The same level on every process: drawn from (seed, step) only."""
+        rng = np.random.default_rng([self.ctx.config.seed, step, 7])
+        return self.levels[int(rng.integers(len(self.levels)))]
+
+    def disc_inputs(self, step: int, y: torch.Tensor):
+        g = self.ctx.generator(step, 30)
+        noise = torch.randn(y.shape, generator=g).to(y.device, y.dtype)
+        t = torch.randint(
+            0, self.unwrap(self.disc.module).max_timestep, (y.shape[0],), generator=g
+        ).to(y.device)
+        context = self.unwrap(self.gen.module).prompt(y.shape[0]).detach().to(y.dtype)
+        return noise, t, context
+
+    def adversarial_term(self, step: int, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        d = self.unwrap(self.disc.module)  # no DDP sync here: D's gradients are cleared below
+        noise, t, context = self.disc_inputs(step, y)
+        return hinge_g_loss(d(y_hat, noise, t, self.model.schedule.alphas_cumprod, context))
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.stage.loss
+        level = self.level_for_step(step)
+        adversarial = self.disc is not None and step >= cfg.adversarial_start
+        losses, logs, last = [], {"level": float(level)}, None
+        for x in self.micro_batches():
+            with self.autocast():
+                out = self.gen.module(x, level)
+                rec, perc = l1(out.x_hat, x), self.perceptual(out.x_hat, x)
+                edge = edge_perceptual(self.perceptual, out.x_hat, x)
+                cos = cosine_loss(out.y_tilde, out.y)
+                loss = (
+                    cfg.l1 * rec
+                    + cfg.perceptual * perc
+                    + cfg.edge_perceptual * edge
+                    + cfg.cosine * cos
+                    + cfg.commitment * out.commitment_loss
+                )
+                if adversarial:
+                    g_adv = self.adversarial_term(step, out.y.detach(), out.y_hat)
+                    loss = loss + cfg.adversarial * g_adv
+                    logs["loss/g_adv"] = value(g_adv)
+            losses.append(loss)
+            last = (out.y.detach(), out.y_hat.detach())
+            logs.update(
+                {
+                    "loss/l1": value(rec),
+                    f"loss/{self.perceptual_name}": value(perc),
+                    "loss/edge": value(edge),
+                    "cos/latent": 1 - value(cos),
+                    "loss/total": value(loss),
+                }
+            )
+        backward_and_step(self.ctx, self.gen, losses)
+        if adversarial:
+            y, y_hat = last
+            noise, t, context = self.disc_inputs(step, y)
+            with self.autocast():
+                logits = self.disc.module(
+                    torch.cat([y, y_hat]),
+                    torch.cat([noise, noise]),
+                    torch.cat([t, t]),
+                    self.model.schedule.alphas_cumprod,
+                    torch.cat([context, context]),
+                )
+                real, fake = logits.chunk(2)
+                d_loss = hinge_d_loss(real, fake)
+            backward_and_step(self.ctx, self.disc, [d_loss])
+            logs["loss/d"] = value(d_loss)
+        return logs
+
+    def validate(self, step: int) -> dict[str, float]:
+        return self.validate_codec(step, self.levels)
+
+    def finish(self):
+        if self.stage.train_unet == "lora":
+            from oscar.models.lora import merge_lora_for_export
+
+            merge_lora_for_export(self.model)
+        return self.model
