@@ -171,6 +171,23 @@ def test_truncations_and_splices_of_every_seed(fuzz_codec, seeds):
                 assert outcome.endswith("Error")
 
 
+def test_mutation_fuzzing_command(tiny_model_dir, tmp_path, capsys):
+    """The long run's command (docs/robustness.md) works and prints its JSON summary."""
+    import json
+
+    from oscar.fuzz.__main__ import main
+
+    threads = torch.get_num_threads()
+    try:
+        args = ["--model", str(tiny_model_dir), "--minutes", "0.05", "--seed", "1"]
+        assert main([*args, "--crashes", str(tmp_path / "x")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["inputs"] > 0 and summary["violations"] == [] and summary["seeds"] > 0
+    assert summary["peak_unpack_bytes"] > 0 and not (tmp_path / "x").exists()
+
+
 def test_atheris_harness(tiny_model_dir, tmp_path):
     """The coverage-guided long run's command works (a hundred inputs)."""
     pytest.importorskip("atheris")
