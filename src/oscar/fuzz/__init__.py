@@ -12,12 +12,12 @@ lies, coder-id swaps, payloads replaced, resized or cut at a word. Most mutation
 CRC-32 recomputed, or the checksum would reject nearly all of them before the deeper checks (the
 model-level checks and both index coders) ever ran.
 
-Long runs (their results are recorded in docs/robustness.md)::
+Long runs (the commands and their measured results are in docs/robustness.md)::
 
     oscar init configs/tiny.json -o /tmp/fuzz-model --force
     oscar fit-priors /tmp/fuzz-model src/oscar/assets/sample.png
-    nice -n 19 python -m oscar.fuzz --model /tmp/fuzz-model --minutes 30 --crashes fuzz-crashes
-    nice -n 19 python -m oscar.fuzz --model /tmp/fuzz-model --minutes 30 --atheris  # guided
+    nice -n 15 python -m oscar.fuzz --model /tmp/fuzz-model --minutes 15 --seed 1 --crashes crashes
+    nice -n 15 python -m oscar.fuzz --model /tmp/fuzz-model --minutes 10 --seed 2 --atheris
 
 The second form needs ``pip install atheris``: libFuzzer's coverage-guided search over the
 instrumented ``oscar`` modules, with the same check and a mutator that repairs the CRC.
