@@ -22,7 +22,7 @@ from conftest import CONFIGS, build_tiny_model, make_image
 from oscar.codec import OscarCodec
 from oscar.errors import ConfigError
 from oscar.models.hyper import HyperOutput
-from oscar.pretrained import load_model
+from oscar.pretrained import LoadedModel, load_model
 from oscar.training.calibration import calibrate, choose_timesteps
 from oscar.training.config import TrainConfig
 from oscar.training.loop import LoopContext, make_accelerator
@@ -192,11 +192,16 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
     monkeypatch.setattr(JointStage, "train_step", crash_at_4)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run_recipe(crashed)
-    assert (stage_dir(crashed, 0) / "checkpoints" / "step-0000003").is_dir()
+    checkpoint = stage_dir(crashed, 0) / "checkpoints" / "step-0000003"
+    assert checkpoint.is_dir()
+    before = json.loads((checkpoint / "trainer_state.json").read_text())["wall_seconds"]
     with pytest.raises(ConfigError, match="--resume"):
         run_recipe(crashed)
     monkeypatch.setattr(JointStage, "train_step", original)
     run_recipe(crashed, resume=True)
+    # The reported wall time covers the run before the crash as well.
+    done = json.loads((stage_dir(crashed, 0) / "done.json").read_text())
+    assert before > 0 and done["wall_seconds"] >= before
 
     a = _weights(stage_dir(straight, 0) / "model")
     b = _weights(stage_dir(crashed, 0) / "model")
@@ -341,9 +346,16 @@ def test_unknown_recipe_fields_are_errors(tmp_path, data_dirs):
 
 
 def test_shipped_recipes_parse():
-    for name in ("train_tiny.yaml", "train_small.yaml"):
+    from oscar.config import ModelConfig
+
+    for name in ("train_tiny.yaml", "train_small.yaml", "train_sd21.yaml"):
         config = TrainConfig.load(CONFIGS / name)
         assert config.stages
+        arch = ModelConfig.from_json_file(config.model)
+        for stage in config.stages:
+            assert (stage.patch_size or config.data.patch_size) % arch.pad_multiple == 0, name
+            if stage.train_unet == "lora":
+                assert arch.lora is not None, name
 
 
 def test_periodic_validation_uses_the_evaluation_code(tmp_path, data_dirs, tiny_model_dir):
@@ -365,3 +377,200 @@ def test_periodic_validation_uses_the_evaluation_code(tmp_path, data_dirs, tiny_
     samples = sorted((sdir / "samples").rglob("*.png"))
     assert len(samples) >= 2 * 2  # two held-out images at two levels, per validation
     assert list((sdir / "logs").rglob("events.out.tfevents*"))  # TensorBoard
+
+
+# ----------------------------------------------------------------------------- LoRA (stage 2)
+def _lora_settings():
+    from tiny_sd import LORA
+
+    return LORA
+
+
+def test_joint_lora_trains_only_the_adapter(tmp_path, data_dirs):
+    """train_unet: lora adds a peft LoRA (rank, alpha, targets from the config): the factors
+    move and the loss falls on a fixed batch, while every base UNet weight stays bit-identical."""
+    from dataclasses import replace
+
+    from oscar.config import ModelConfig
+    from oscar.models.lora import base_state_dict, lora_state_dict
+
+    config = replace(ModelConfig.from_json_file(CONFIGS / "tiny.json"), lora=_lora_settings())
+    unet_before = {k: v.clone() for k, v in build_tiny_model(0, config).unet.state_dict().items()}
+    stage = make_stage(
+        JointStage,
+        tmp_path,
+        data_dirs,
+        "joint",
+        model=build_tiny_model(0, config),
+        lr=1e-3,
+        train_unet="lora",
+        loss={"adversarial": 0.0, "perceptual_kind": "ms_ssim"},
+    )
+    unet = stage.model.unet
+    trainable = {n for n, p in unet.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    stored = {f"unet_lora.{n.replace('.default.weight', '.weight')}" for n in trainable}
+    assert stored == set(lora_state_dict(unet))
+    lora_before = {k: v.clone() for k, v in lora_state_dict(unet).items()}
+    assert all(not v.any() for k, v in lora_before.items() if k.endswith("lora_B.weight"))
+
+    stage.start_data(0)
+    fixed = stage.micro_batches()
+    stage.micro_batches = lambda: fixed
+    stage.level_for_step = lambda step: 7
+    losses = [stage.train_step(step)["loss/total"] for step in range(30)]
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), losses
+
+    # The LoRA takes part in what was learnt: switching it off makes the same batch worse.
+    x = fixed[0]
+    model = stage.model.eval()
+    with torch.no_grad():
+        with_lora = float((model(x, 7).x_hat - x).abs().mean())
+        unet.disable_adapters()
+        without = float((model(x, 7).x_hat - x).abs().mean())
+        unet.enable_adapters()
+    assert with_lora < without
+
+    after = lora_state_dict(unet)
+    moved = [k for k in after if not torch.equal(after[k], lora_before[k])]
+    assert any(k.endswith("lora_B.weight") for k in moved)
+    base = base_state_dict(unet)
+    assert base.keys() == unet_before.keys()
+    for k, v in base.items():
+        assert torch.equal(v, unet_before[k]), k
+
+
+def test_joint_lora_writes_the_sd21_layout_and_codes(tmp_path, data_dirs, capsys):
+    """A stage-2 LoRA run on a model that references a base folder (the Stable Diffusion 2.1
+    layout, tiny widths): the written model holds only its own parts with the trained LoRA as
+    ``unet_lora.*``, names the base, and `oscar compress` / `decompress` use it."""
+    from oscar.cli import main
+    from oscar.models.lora import LORA_PREFIX
+    from oscar.pretrained import PARTS_FILE, save_model
+    from tiny_sd import save_tiny_base, tiny_sd_model
+
+    base = save_tiny_base(tmp_path / "sd21")
+    start = tmp_path / "start"
+    save_model(tiny_sd_model(base), start, include_base=False)
+    start_parts = load_file(str(start / PARTS_FILE))
+
+    config = recipe(
+        tmp_path,
+        data_dirs,
+        [
+            {
+                "kind": "joint",
+                "steps": 3,
+                "batch_size": 1,
+                "lr": 1e-3,
+                "train_unet": "lora",
+                "loss": {"adversarial": 0.1, "perceptual_kind": "ms_ssim"},
+            }
+        ],
+        init_from=str(start),
+    )
+    final = run_recipe(config)
+
+    assert sorted(p.name for p in final.iterdir()) == ["oscar.json", PARTS_FILE]
+    meta = json.loads((final / "oscar.json").read_text())
+    assert Path(meta["config"]["base_model"]) == base.resolve()
+    assert meta["config"]["lora"]["rank"] == _lora_settings().rank
+    parts = load_file(str(final / PARTS_FILE))
+    assert parts.keys() == start_parts.keys()
+    lora_keys = [k for k in parts if k.startswith(LORA_PREFIX)]
+    assert lora_keys and not any(k.startswith("unet_override.") for k in parts)
+    assert any(not torch.equal(parts[k], start_parts[k]) for k in lora_keys)  # trained further
+
+    # The stored adapter is the trained one: merged at load == the peft model in memory.
+    trained = load_model(final, merge_lora=False).model
+    loaded = load_model(final)
+    merged = loaded.model
+    assert merged.unet_adapter.merged
+    # In-memory validation during training hashes a peft LoRA as the saved directory does.
+    assert LoadedModel.from_model(trained).fingerprint == loaded.fingerprint
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(merged.denoise(z, 300), trained.denoise(z, 300))
+
+    image = make_image(40, 56, seed=4)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    out = tmp_path / "in.oscar"
+    assert (
+        main(
+            [
+                "compress",
+                str(tmp_path / "in.png"),
+                "-o",
+                str(out),
+                "--model",
+                str(final),
+                "--coder",
+                "fixed",
+                "--level",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["decompress", str(out), "-o", str(tmp_path / "out.png"), "--model", str(final)]) == 0
+    )
+    decoded = np.asarray(Image.open(tmp_path / "out.png"))
+    codec = OscarCodec.from_pretrained(final, device="cpu")
+    assert np.array_equal(decoded, codec.reconstruct(image, 5))
+    capsys.readouterr()
+
+
+def test_recipe_from_an_architecture_on_a_base_folder(tmp_path, data_dirs):
+    """`model` + `base_model`: the VAE and UNet come from the base folder, the OSCAR parts and a
+    new LoRA are trained, and the written model references the base instead of copying it."""
+    from oscar.models.lora import LORA_PREFIX
+    from oscar.pretrained import PARTS_FILE
+    from tiny_sd import save_tiny_base
+
+    base = save_tiny_base(tmp_path / "sd21")
+    arch = json.loads((CONFIGS / "tiny.json").read_text())
+    arch["lora"] = {"rank": 2, "alpha": 4, "target_modules": ["to_q", "to_v", "proj_in"]}
+    (tmp_path / "tiny-lora.json").write_text(json.dumps(arch))
+    stages = [
+        {
+            "kind": "joint",
+            "steps": 2,
+            "batch_size": 1,
+            "lr": 1e-3,
+            "train_unet": "lora",
+            "loss": {"adversarial": 0.0, "perceptual_kind": "ms_ssim"},
+        }
+    ]
+    config = recipe(
+        tmp_path, data_dirs, stages, model=str(tmp_path / "tiny-lora.json"), base_model=str(base)
+    )
+    final = run_recipe(config)
+    assert sorted(p.name for p in final.iterdir()) == ["oscar.json", PARTS_FILE]
+    parts = load_file(str(final / PARTS_FILE))
+    b = [v for k, v in parts.items() if k.startswith(LORA_PREFIX) and k.endswith("B.weight")]
+    assert b and any(v.any() for v in b)  # trained away from the identity
+    loaded = load_model(final).model
+    assert loaded.config.lora.target_modules == ("to_q", "to_v", "proj_in")
+    assert loaded.schedule.prediction_type == "v_prediction"  # the base's scheduler
+    codec = OscarCodec(load_model(final))
+    image = make_image(40, 48, seed=8)
+    assert codec.decompress(codec.compress(image, 6)).shape == image.shape
+
+
+def test_ema_forgets_the_initial_weights():
+    """With decay warm-up the average follows the trained weights, not the random init."""
+    from oscar.training.loop import EMA
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    ema = EMA([p], decay=0.999)
+    with torch.no_grad():
+        p.fill_(1.0)
+    for _ in range(200):
+        ema.update()
+    # Without warm-up the shadow would be 1 - 0.999**200 = 0.18.
+    assert ema.shadow[0].min().item() > 0.999
+    state = ema.state_dict()
+    again = EMA([p], decay=0.999)
+    again.load_state_dict(state)
+    assert again.updates == 200 and again.current_decay() == ema.current_decay()

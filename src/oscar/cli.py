@@ -20,6 +20,7 @@ from oscar.errors import OscarError
 COMMAND_MODULES = (
     "oscar.commands.coding",
     "oscar.commands.models",
+    "oscar.commands.convert",
     "oscar.commands.training",
     "oscar.commands.evaluation",
     "oscar.commands.demo",

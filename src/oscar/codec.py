@@ -26,7 +26,7 @@ from PIL import Image
 
 from oscar import bitstream
 from oscar.bitstream import Container, Header, Limits
-from oscar.device import resolve_device
+from oscar.device import resolve_device, resolve_dtype
 from oscar.entropy import (
     FIXED_CODER_ID,
     PRIOR_CODER_ID,
@@ -48,11 +48,13 @@ from oscar.io import (
     image_to_tensor,
     load_image,
     pad,
+    padded_size,
     tensor_to_image,
     to_rgb,
 )
 from oscar.pretrained import LoadedModel, load_model, resolve_model_dir
 from oscar.rates import RateLevel
+from oscar.tiling import Tiling, plan_tiling
 
 CoderChoice = Literal["auto", "entropy", "fixed"]
 ImageLike = Image.Image | np.ndarray | SourceImage | str | Path
@@ -106,6 +108,8 @@ class OscarCodec:
         loaded: LoadedModel,
         device: torch.device | None = None,
         limits: Limits | None = None,
+        tile_size: int | None = None,
+        max_memory: int | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -116,6 +120,11 @@ class OscarCodec:
         # One coder of each kind, so the prior coder's per-level models are built once.
         self._fixed = FixedLengthCoder()
         self._prior = PriorCoder(loaded.priors) if loaded.priors is not None else None
+        # Large images (oscar.tiling): tile side cap in pixels and/or a working-memory budget in
+        # bytes. Neither changes the file format; both only change how the networks are run.
+        self.tile_size = tile_size
+        self.max_memory = max_memory
+        self.tiling("encode", self.pad_multiple, self.pad_multiple)  # early check of the options
 
     @classmethod
     def from_pretrained(
@@ -124,11 +133,37 @@ class OscarCodec:
         device: str = "auto",
         base_model: str | Path | None = None,
         limits: Limits | None = None,
+        dtype: str | torch.dtype = "auto",
+        tile_size: int | None = None,
+        max_memory: int | None = None,
     ) -> OscarCodec:
-        """Load a model directory (default: the embedded model) onto a device."""
+        """Load a model directory (default: the embedded model) onto a device.
+
+        ``dtype`` ("auto" = float32, "float32", "float16", "bfloat16" or a torch dtype) is the
+        inference dtype of the UNet and VAE; files are interchangeable between dtypes and devices.
+        """
         dev = resolve_device(device)
-        loaded = load_model(resolve_model_dir(model_dir), base_model=base_model, device=dev)
-        return cls(loaded, device=dev, limits=limits)
+        dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+        loaded = load_model(
+            resolve_model_dir(model_dir), base_model=base_model, device=dev, dtype=dt
+        )
+        return cls(loaded, device=dev, limits=limits, tile_size=tile_size, max_memory=max_memory)
+
+    def tiling(self, direction: str, height: int, width: int) -> Tiling:
+        """Tiles for a padded image size (none unless tile_size or max_memory is set)."""
+        element_bytes = {
+            "vae": self.model.vae.dtype.itemsize,
+            "unet": self.model.unet.dtype.itemsize,
+        }
+        return plan_tiling(
+            self.model.config,
+            height,
+            width,
+            direction,
+            tile_size=self.tile_size,
+            max_memory=self.max_memory,
+            element_bytes=element_bytes,
+        )
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -165,8 +200,9 @@ class OscarCodec:
     @torch.inference_mode()
     def encode_latent(self, source: SourceImage) -> tuple[torch.Tensor, np.ndarray]:
         """Padded scaled latent y (1, 4, H/8, W/8) and its RMS codes (4,)."""
-        x = image_to_tensor(source.rgb).to(self.device, next(self.model.parameters()).dtype)
-        y = self.model.encode_latent(pad(x, self.pad_multiple))
+        x = pad(image_to_tensor(source.rgb).to(self.device), self.pad_multiple)
+        y = self.model.encode_latent(x, self.tiling("encode", *x.shape[-2:]))
+        del x
         codes = self.model.side_info(y)[0].cpu().numpy()
         return y, codes
 
@@ -300,7 +336,9 @@ class OscarCodec:
         """Typed record → image: (H, W, 3) uint8, or (H, W) when the source was greyscale."""
         indices = torch.from_numpy(encoded.indices).to(self.device).unsqueeze(0)
         codes = torch.from_numpy(np.asarray(encoded.rms_codes, np.uint8)).unsqueeze(0)
-        x_hat = self.model.decode_indices(indices, codes.to(self.device), encoded.level)
+        padded = padded_size(encoded.height, encoded.width, self.pad_multiple)
+        tiles = self.tiling("decode", *padded)
+        x_hat = self.model.decode_indices(indices, codes.to(self.device), encoded.level, tiles)
         rgb = tensor_to_image(crop(x_hat, encoded.height, encoded.width))
         return grey_from_rgb(rgb) if encoded.grey else rgb
 

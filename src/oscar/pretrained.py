@@ -4,39 +4,67 @@ Layout (diffusers-style subfolders, so a model directory is also a valid ``--bas
 
     MODEL_DIR/
       oscar.json                     OSCAR config: hyper widths, rate table, prompt length, LoRA
-      oscar.safetensors              hyper-coders ("hyper.<level>.…") and "prompt_embedding"
+      oscar.safetensors              hyper-coders ("hyper.<level>.…"), "prompt_embedding", and
+                                     with LoRA "unet_lora.…" / "unet_override.…" (models/lora.py)
       priors.safetensors             optional: integer index frequencies, "level.<level>"
       vae/config.json + diffusion_pytorch_model.safetensors        diffusers AutoencoderKL
       unet/config.json + diffusion_pytorch_model.safetensors       diffusers UNet2DConditionModel
       scheduler/scheduler_config.json                              diffusers scheduler config
 
-When the config names a ``base_model`` (or one is given), ``vae/``, ``unet/`` and ``scheduler/``
-are read from that folder instead. Only safetensors and JSON are read: no pickle, no code.
+A model built on Stable Diffusion 2.1 has no ``vae/``, ``unet/``, ``scheduler/`` of its own: its
+config names a ``base_model`` folder (diffusers format; weights as one safetensors file, shards,
+or an fp16 variant: oscar.diffusers_io), and ``oscar.json`` keeps a copy of the base's configs
+under ``"base"`` so that a wrong base folder (say 2.1-base, 512 px epsilon, instead of 2.1 768 v)
+is refused by name. The base folder is, in order: the one given (``--base-model``),
+``$OSCAR_BASE_MODEL``, the config's ``base_model`` (relative paths from the model directory).
+Only safetensors and JSON are read: no pickle, no code.
 
 The fingerprint is SHA-256 over everything that changes the decoded pixels: the configs (minus
-descriptive fields), every tensor as stored on disk (name, dtype, shape, bytes; sorted by name)
-and the priors. Files carry its first four bytes.
+descriptive fields), every tensor as stored on disk (name, dtype, shape, bytes; sorted by name:
+the base model's weights included) and the priors. Files carry its first four bytes. The dtype
+used for inference is not part of it: a file made in float16 on a GPU decodes on a CPU in float32.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from oscar.config import ModelConfig
+from oscar.diffusers_io import (
+    check_finite,
+    load_part,
+    public_config,
+    read_json,
+    read_safetensors,
+    state_problems,
+)
 from oscar.errors import ConfigError, ModelError
+from oscar.models.lora import (
+    LORA_PREFIX,
+    UnetAdapter,
+    add_lora,
+    base_state_dict,
+    check_adapter,
+    has_peft_lora,
+    identity_adapter,
+    is_unet_key,
+    load_lora_into_peft,
+    lora_state_dict,
+    merge_adapter,
+)
 from oscar.models.oscar import OscarModel
 from oscar.priors import IndexPriors
-from oscar.safe_build import check_buildable, header_shapes, shape_problems
+from oscar.safe_build import check_buildable
 
 MODEL_FILE = "oscar.json"
 PARTS_FILE = "oscar.safetensors"
@@ -50,6 +78,11 @@ FINGERPRINT_BYTES = 4
 
 # Config fields that describe but do not change decoding.
 _DESCRIPTIVE = {"name", "base_model"}
+_BASE_PARTS = (("vae", "VAE"), ("unet", "UNet"), ("scheduler", "scheduler"))
+
+logger = logging.getLogger(__name__)
+
+_public = public_config
 
 
 @dataclass
@@ -73,10 +106,19 @@ class LoadedModel:
         directory: Path | None = None,
     ) -> LoadedModel:
         """Wrap an in-memory model (training, calibration); the fingerprint is what saving it
-        in its current dtype and loading it back would give."""
+        in its current dtype and loading it back would give.
+
+        A UNet LoRA counts as saving stores it: the peft factors (training) or the adapter
+        record, with the base weights apart. Once a LoRA is merged into the weights (a model
+        loaded for inference) the base weights are gone, so the merged ones are hashed instead:
+        a fingerprint of this in-memory model only, which no saved directory reproduces.
+        """
         parts = {f"hyper.{k}": v for k, v in model.hyper.state_dict().items()}
         parts["prompt_embedding"] = model.prompt_embedding.detach()
-        tensors = _named_tensors(model.vae.state_dict(), model.unet.state_dict(), parts, priors)
+        parts.update(_unet_adapter_tensors(model))
+        peft = has_peft_lora(model.unet)
+        unet_state = base_state_dict(model.unet) if peft else model.unet.state_dict()
+        tensors = _named_tensors(model.vae.state_dict(), unet_state, parts, priors)
         digest = fingerprint(model.config, tensors)
         return cls(
             model=model, priors=priors, fingerprint=digest, directory=directory or Path("<memory>")
@@ -84,10 +126,6 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------------------- fingerprint
-def _public(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
 def _canonical_config(config: ModelConfig) -> bytes:
     data = config.to_dict()
     for key in _DESCRIPTIVE:
@@ -108,7 +146,8 @@ def fingerprint(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]]
     for name, tensor in sorted(tensors, key=lambda item: item[0]):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # hashed in place: no copy of a 3.4 GB UNet
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.digest()
 
 
@@ -128,80 +167,82 @@ def _named_tensors(
 
 
 # ----------------------------------------------------------------------------- reading helpers
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelError(f"{what} is missing: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError, bad UTF-8 and integers of over 4300 digits;
-        # RecursionError, nesting too deep for the parser.
-        raise ModelError(f"{what} at {path} is not readable JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{what} at {path} must hold a JSON object")
-    return data
-
-
-def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelError(f"{what} is missing: {path}")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{what} at {path} is not a readable safetensors file: {exc}") from exc
-
-
-def _check_finite(state: Mapping[str, torch.Tensor], where: Path) -> None:
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ModelError(f"{where}: tensor {name!r} holds NaN or infinite values")
-
-
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
     """load_state_dict(strict) with one readable error listing what does not fit."""
-    problems = shape_problems(
-        {k: tuple(v.shape) for k, v in module.state_dict().items()},
-        {k: tuple(v.shape) for k, v in state.items()},
-    )
+    problems = state_problems(module.state_dict(), state)
     if problems:
         raise ModelError(f"{where} does not match the architecture: " + "; ".join(problems))
-    _check_finite(state, where)
+    check_finite(state, where)
     module.load_state_dict(state, strict=True)
 
 
-def _build_diffusers(cls: type, config: dict[str, Any]) -> torch.nn.Module:
-    try:
-        return cls.from_config(config)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot build {cls.__name__} from its config: {exc}") from exc
-
-
-def _diffusers_part(cls: type, folder: Path, what: str) -> tuple[torch.nn.Module, dict, dict]:
-    """Build a diffusers model from folder/config.json and load its safetensors strictly."""
-    config = _read_json(folder / "config.json", f"{what} config")
-    declared = config.get("_class_name", cls.__name__)
-    if declared != cls.__name__:
-        raise ModelError(f"{folder}: expected a {cls.__name__}, config declares {declared}")
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file() and (folder / "diffusion_pytorch_model.bin").is_file():
-        raise ModelError(
-            f"{folder} holds only pickled weights (.bin); convert them to safetensors first"
-        )
-    # Shapes first, on the meta device: the config must not decide what is allocated.
-    shapes = header_shapes(weights, f"{what} weights")
-    check_buildable(lambda: _build_diffusers(cls, _public(config)), shapes, weights, what)
-    state = _read_safetensors(weights, f"{what} weights")
-    module = _build_diffusers(cls, _public(config))
-    _load_strict(module, state, weights)
-    return module, state, config
-
-
 # ----------------------------------------------------------------------------- save
+def _base_configs(config: ModelConfig) -> dict[str, dict[str, Any]]:
+    return {
+        "vae": _public(config.vae),
+        "unet": _public(config.unet),
+        "scheduler": _public(config.scheduler),
+    }
+
+
+def write_model_files(
+    directory: str | Path,
+    config: ModelConfig,
+    parts: Mapping[str, torch.Tensor],
+    priors: IndexPriors | None = None,
+    base_configs: Mapping[str, Mapping[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``oscar.json``, ``oscar.safetensors`` and the priors (stale priors are removed).
+
+    ``base_configs`` (vae/unet/scheduler) is recorded for a model that references a base
+    folder; ``extra`` adds descriptive top-level fields (e.g. where a conversion came from).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in parts.items()}, str(directory / PARTS_FILE)
+    )
+    meta = _oscar_json(config)
+    if base_configs is not None:
+        meta["base"] = {k: dict(v) for k, v in base_configs.items()}
+    if extra:
+        meta.update(extra)
+    (directory / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    priors_path = directory / PRIORS_FILE
+    if priors is not None:
+        priors.save(priors_path)
+    elif priors_path.exists():
+        priors_path.unlink()  # stale priors would not match the new weights
+
+
 def _oscar_json(config: ModelConfig) -> dict[str, Any]:
     data = config.to_dict()
     for key in ("vae", "unet", "scheduler"):
         data.pop(key)
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": data}
+
+
+def _unet_adapter_tensors(model: OscarModel) -> dict[str, torch.Tensor]:
+    """LoRA factors and overrides to store: from peft layers, the merged record, or identity."""
+    settings = model.config.lora
+    adapter: UnetAdapter | None = model.unet_adapter
+    peft = has_peft_lora(model.unet)
+    if settings is None:
+        if peft or adapter is not None:
+            raise ModelError("the model carries UNet LoRA but its config has no 'lora' settings")
+        return {}
+    if peft:
+        tensors = lora_state_dict(model.unet)
+        params = dict(base_state_dict(model.unet))
+        for name in adapter.overrides if adapter is not None else ():
+            tensors[f"unet_override.{name}"] = params[name]
+        return tensors
+    if adapter is not None:
+        return dict(adapter.tensors)
+    # A fresh model (`oscar init`): a LoRA that changes nothing yet, as training would start it.
+    generator = torch.Generator().manual_seed(0)
+    return identity_adapter(model.unet, settings, generator).tensors
 
 
 def save_model(
@@ -214,7 +255,9 @@ def save_model(
     """Write ``model`` (and ``priors``) as a model directory; returns the full fingerprint.
 
     ``dtype`` converts floating weights on the way out (the embedded model ships as float16).
-    ``include_base=False`` leaves out vae/unet/scheduler (they come from ``config.base_model``).
+    ``include_base=False`` leaves out vae/unet/scheduler (they come from ``config.base_model``,
+    whose configs are recorded so that a different base is refused at load time). The UNet's LoRA
+    (peft layers during training, or the record of a merged one) goes to ``oscar.safetensors``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -229,7 +272,14 @@ def save_model(
         return out
 
     config = model.config
+    unet_tensors = _unet_adapter_tensors(model)
     if include_base:
+        if model.unet_adapter is not None and model.unet_adapter.merged:
+            raise ModelError(
+                "this model's LoRA is merged into its UNet; save it with include_base=False "
+                "(the base weights come from the base model) or load it with merge_lora=False"
+            )
+        unet_state = base_state_dict(model.unet) if has_peft_lora(model.unet) else None
         for name, part in (("vae", model.vae), ("unet", model.unet)):
             sub = directory / name
             sub.mkdir(exist_ok=True)
@@ -237,36 +287,48 @@ def save_model(
                 json.dumps({"_class_name": type(part).__name__, **_public(part.config)}, indent=2)
                 + "\n"
             )
-            save_file(cast(part.state_dict()), str(sub / WEIGHTS_FILE))
+            state = unet_state if name == "unet" and unet_state is not None else part.state_dict()
+            save_file(cast(state), str(sub / WEIGHTS_FILE))
         (directory / "scheduler").mkdir(exist_ok=True)
         (directory / "scheduler" / SCHEDULER_FILE).write_text(
             json.dumps(config.scheduler, indent=2) + "\n"
         )
     parts = {f"hyper.{k}": v for k, v in model.hyper.state_dict().items()}
     parts["prompt_embedding"] = model.prompt_embedding
-    save_file(cast(parts), str(directory / PARTS_FILE))
-    (directory / MODEL_FILE).write_text(json.dumps(_oscar_json(config), indent=2) + "\n")
-    priors_path = directory / PRIORS_FILE
-    if priors is not None:
-        priors.save(priors_path)
-    elif priors_path.exists():
-        priors_path.unlink()  # stale priors would not match the new weights
+    parts.update(unet_tensors)
+    if include_base and config.base_model is not None:
+        config = replace(config, base_model=None)  # self-contained: its own vae/ and unet/
+    write_model_files(
+        directory,
+        config,
+        cast(parts),
+        priors,
+        base_configs=None if include_base else _base_configs(config),
+    )
     return load_model(directory).fingerprint
 
 
 def write_model_config(directory: str | Path, config: ModelConfig) -> None:
-    """Rewrite a model directory's oscar.json (rate table, widths), atomically."""
+    """Rewrite a model directory's oscar.json (rate table, widths), atomically.
+
+    Everything else the file holds is kept: the base folder it names and the base's configs
+    (a model on Stable Diffusion 2.1), and descriptive fields such as where a conversion came
+    from; ``config.base_model`` may be a ``--base-model`` given for this run only.
+    """
     from oscar.io import atomic_output
 
-    with atomic_output(Path(directory) / MODEL_FILE, force=True) as tmp:
-        tmp.write_text(json.dumps(_oscar_json(config), indent=2) + "\n")
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    data = _oscar_json(config)["config"]
+    data["base_model"] = meta["config"].get("base_model")
+    meta["config"] = data
+    with atomic_output(directory / MODEL_FILE, force=True) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- load
-def read_config(directory: str | Path, base_model: str | Path | None = None) -> ModelConfig:
-    """The full ModelConfig of a model directory, without reading any weights."""
-    directory = Path(directory)
-    meta = _read_json(directory / MODEL_FILE, "model description")
+def _read_meta(directory: Path) -> dict[str, Any]:
+    meta = read_json(directory / MODEL_FILE, "model description")
     if meta.get("format") != FORMAT_NAME:
         raise ModelError(f"{directory / MODEL_FILE} is not an OSCAR model description")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -274,16 +336,57 @@ def read_config(directory: str | Path, base_model: str | Path | None = None) -> 
             f"{directory}: model format version {meta.get('format_version')} is not supported "
             f"(this build reads version {FORMAT_VERSION})"
         )
-    data = meta.get("config")
-    if not isinstance(data, dict):
+    if not isinstance(meta.get("config"), dict):
         raise ModelError(f"{directory / MODEL_FILE} has no 'config' object")
+    return meta
+
+
+def _check_base_configs(
+    directory: Path, base: Path, expected: Any, found: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Refuse a base folder whose configs differ from those the model was made with."""
+    if not isinstance(expected, dict):
+        raise ModelError(f"{directory / MODEL_FILE}: 'base' must be an object")
+    for key, what in _BASE_PARTS:
+        want = expected.get(key)
+        if not isinstance(want, dict):
+            raise ModelError(f"{directory / MODEL_FILE}: 'base.{key}' must be an object")
+        have = _public(found[key])
+        diffs = [
+            f"{k} {have[k]!r} (expected {want[k]!r})"
+            for k in sorted(set(want) & set(have))
+            if have[k] != want[k] and not (isinstance(want[k], list) and tuple(want[k]) == have[k])
+        ]
+        if diffs:
+            raise ModelError(
+                f"base model {base}: its {what} config differs from the one {directory} was "
+                f"made for: {', '.join(diffs[:4])}" + (" …" if len(diffs) > 4 else "")
+            )
+
+
+def read_config(directory: str | Path, base_model: str | Path | None = None) -> ModelConfig:
+    """The full ModelConfig of a model directory, without reading any weights."""
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    data = dict(meta["config"])
     if not isinstance(data.get("base_model"), (str, type(None))):
         raise ModelError(f"{directory / MODEL_FILE}: base_model must be a path or null")
     base = _base_folder(directory, data.get("base_model"), base_model)
-    data = dict(data)
-    data["vae"] = _public(_read_json(base / "vae" / "config.json", "VAE config"))
-    data["unet"] = _public(_read_json(base / "unet" / "config.json", "UNet config"))
-    data["scheduler"] = _read_json(base / "scheduler" / SCHEDULER_FILE, "scheduler config")
+    if base == directory and not (directory / "unet").is_dir() and "base" in meta:
+        raise ModelError(
+            f"{directory} uses a base model (Stable Diffusion folder with vae/, unet/, "
+            f"scheduler/); pass --base-model DIR or set {BASE_MODEL_ENV}"
+        )
+    found = {
+        "vae": read_json(base / "vae" / "config.json", "VAE config"),
+        "unet": read_json(base / "unet" / "config.json", "UNet config"),
+        "scheduler": read_json(base / "scheduler" / SCHEDULER_FILE, "scheduler config"),
+    }
+    if "base" in meta:
+        _check_base_configs(directory, base, meta["base"], found)
+    data["vae"] = _public(found["vae"])
+    data["unet"] = _public(found["unet"])
+    data["scheduler"] = found["scheduler"]
     try:
         return ModelConfig.from_dict(data)
     except ConfigError as exc:
@@ -293,19 +396,36 @@ def read_config(directory: str | Path, base_model: str | Path | None = None) -> 
 def _base_folder(directory: Path, configured: str | None, given: str | Path | None) -> Path:
     """Where vae/unet/scheduler live: the given base, $OSCAR_BASE_MODEL, the config's, or here."""
     if given is not None:
-        return Path(given)
-    if configured is not None:
-        env = os.environ.get(BASE_MODEL_ENV)
-        base = Path(env) if env else Path(configured)
-        if not base.is_absolute() and not env:
+        base = Path(given)
+        where = "--base-model"
+    elif os.environ.get(BASE_MODEL_ENV) and configured is not None:
+        base = Path(os.environ[BASE_MODEL_ENV])
+        where = f"${BASE_MODEL_ENV}"
+    elif configured is not None:
+        base = Path(configured)
+        if not base.is_absolute():
             base = directory / base
-        if not base.is_dir():
-            raise ModelError(
-                f"{directory} needs its base model at {base}, which is not a folder; "
-                f"pass --base-model DIR or set {BASE_MODEL_ENV}"
-            )
-        return base
-    return directory
+        where = f"{directory / MODEL_FILE}"
+    else:
+        return directory
+    if not base.is_dir():
+        raise ModelError(
+            f"base model folder {base} (from {where}) does not exist; pass --base-model DIR "
+            f"(a diffusers folder with vae/, unet/, scheduler/) or set {BASE_MODEL_ENV}"
+        )
+    return base
+
+
+def _part_dtypes(model: OscarModel, dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+    """(UNet dtype, VAE dtype) for an inference dtype.
+
+    The Stable Diffusion VAE overflows in float16 (its config says ``force_upcast``, as diffusers
+    pipelines honour), so it stays float32 then; bfloat16 has float32's range and is kept.
+    """
+    vae_dtype = dtype
+    if dtype == torch.float16 and bool(getattr(model.vae.config, "force_upcast", False)):
+        vae_dtype = torch.float32
+    return dtype, vae_dtype
 
 
 def load_model(
@@ -313,22 +433,59 @@ def load_model(
     base_model: str | Path | None = None,
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    merge_lora: bool = True,
 ) -> LoadedModel:
-    """Load a model directory strictly; every problem is one :class:`ModelError`."""
+    """Load a model directory strictly; every problem is one :class:`ModelError`.
+
+    ``dtype`` is the inference dtype of the UNet and the VAE (see :func:`_part_dtypes`); the
+    hyper-coders, prompt and all side-information maths stay float32, so indices depend as
+    little as possible on it. A UNet LoRA is merged into the weights after the cast (float32
+    maths, one rounding), unless ``merge_lora=False``: then the UNet is wrapped with peft
+    adapters holding the stored factors, for training.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelError(f"model directory {directory} does not exist")
+    device = device or torch.device("cpu")
     config = read_config(directory, base_model)
     base = _base_folder(directory, config.base_model, base_model)
-    vae, vae_state, _ = _diffusers_part(AutoencoderKL, base / "vae", "VAE")
-    unet, unet_state, _ = _diffusers_part(UNet2DConditionModel, base / "unet", "UNet")
+    if config.base_model is not None:
+        # The folder actually used, absolute: saving this model elsewhere (training, export)
+        # then still finds it. Descriptive only: not part of the fingerprint.
+        config = replace(config, base_model=str(base.resolve()))
+    vae, vae_state, _ = load_part(AutoencoderKL, base / "vae", "VAE")
+    unet, unet_state, _ = load_part(UNet2DConditionModel, base / "unet", "UNet")
 
     parts_path = directory / PARTS_FILE
+    parts = read_safetensors(parts_path, "OSCAR weights")
+    hyper_state = {k[len("hyper.") :]: v for k, v in parts.items() if k.startswith("hyper.")}
+    unet_tensors = {k: v for k, v in parts.items() if is_unet_key(k)}
+    extra = sorted(set(parts) - {f"hyper.{k}" for k in hyper_state} - set(unet_tensors))
+    extra = [k for k in extra if k != "prompt_embedding"]
+    if extra:
+        raise ModelError(f"{parts_path}: unexpected tensors {extra[:5]}")
+    if unet_tensors and config.lora is None:
+        raise ModelError(
+            f"{parts_path}: holds UNet LoRA tensors, but {directory / MODEL_FILE} has no 'lora'"
+        )
+    if config.lora is not None and not any(k.startswith(LORA_PREFIX) for k in unet_tensors):
+        raise ModelError(f"{parts_path}: the config asks for a UNet LoRA, the file has none")
+
+    priors = None
+    if (directory / PRIORS_FILE).is_file():
+        priors = IndexPriors.load(directory / PRIORS_FILE, config.levels)
+
+    # The fingerprint covers the weights as stored, before any cast or LoRA merge.
+    digest = fingerprint(config, _named_tensors(vae_state, unet_state, parts, priors))
+    del vae_state, unet_state  # the modules own these tensors now
+
+    # The OSCAR parts on the meta device first, within the elements their file holds: the
+    # config (widths, levels, prompt length) must not decide what is allocated.
     check_buildable(
         lambda: OscarModel(config, vae=vae, unet=unet),
-        header_shapes(parts_path, "OSCAR weights"),
+        {k: tuple(v.shape) for k, v in parts.items() if not is_unet_key(k)},
         parts_path,
         "the OSCAR parts",
         select=lambda m: {
@@ -336,12 +493,10 @@ def load_model(
             "prompt_embedding": m.prompt_embedding,
         },
     )
-    parts = _read_safetensors(parts_path, "OSCAR weights")
     try:
         model = OscarModel(config, vae=vae, unet=unet)
     except (ConfigError, ValueError, TypeError, RuntimeError) as exc:
         raise ModelError(f"{directory}: cannot build the model: {exc}") from exc
-    hyper_state = {k[len("hyper.") :]: v for k, v in parts.items() if k.startswith("hyper.")}
     _load_strict(model.hyper, hyper_state, parts_path)
     prompt = parts.get("prompt_embedding")
     if prompt is None or prompt.shape != model.prompt_embedding.shape:
@@ -350,22 +505,63 @@ def load_model(
             f"{None if prompt is None else tuple(prompt.shape)}, "
             f"expected {tuple(model.prompt_embedding.shape)}"
         )
-    _check_finite({"prompt_embedding": prompt}, parts_path)
-    extra = sorted(set(parts) - {f"hyper.{k}" for k in hyper_state} - {"prompt_embedding"})
-    if extra:
-        raise ModelError(f"{parts_path}: unexpected tensors {extra[:5]}")
+    check_finite({"prompt_embedding": prompt}, parts_path)
     with torch.no_grad():
         model.prompt_embedding.copy_(prompt)
 
-    priors = None
-    if (directory / PRIORS_FILE).is_file():
-        priors = IndexPriors.load(directory / PRIORS_FILE, config.levels)
+    adapter = None
+    if config.lora is not None:
+        adapter = UnetAdapter(config.lora, unet_tensors)
+        check_adapter(model.unet, adapter, parts_path)
 
-    digest = fingerprint(config, _named_tensors(vae_state, unet_state, parts, priors))
-
-    model = model.to(device=device or torch.device("cpu"), dtype=dtype).eval()
+    unet_dtype, vae_dtype = _part_dtypes(model, dtype)
+    # nn.Module.to, not diffusers' override: that one warns about "modules to keep in float32"
+    # even when its list is empty; we decide the dtypes here (_part_dtypes).
+    torch.nn.Module.to(model.unet, device=device, dtype=unet_dtype)
+    torch.nn.Module.to(model.vae, device=device, dtype=vae_dtype)
+    model.to(device=device)  # hyper-coders and prompt: float32
+    if adapter is not None:
+        if merge_lora:
+            merge_adapter(model.unet, adapter, parts_path)
+        else:
+            add_lora(model.unet, config.lora)
+            load_lora_into_peft(model.unet, adapter.tensors)
+            model.unet.to(device=device)
+        model.unet_adapter = adapter
+    model.eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, priors=priors, fingerprint=digest, directory=directory)
+
+
+def model_on_base(config: ModelConfig, base_model: str | Path, seed: int = 0) -> OscarModel:
+    """A new model on a base folder (Stable Diffusion 2.1): the folder's VAE, UNet and
+    scheduler, and ``config``'s own parts (hyper-coders, prompt, rate table, LoRA settings)
+    freshly initialised from ``seed``; float32.
+
+    The base's configs replace ``config``'s vae/unet/scheduler, and ``config.base_model`` is set
+    to the folder, so :func:`save_model` with ``include_base=False`` references it (``oscar init
+    --base-model``, a training recipe with ``base_model``).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    base = _base_folder(Path("."), str(base_model), base_model)
+    vae, _, vae_config = load_part(AutoencoderKL, base / "vae", "VAE")
+    unet, _, unet_config = load_part(UNet2DConditionModel, base / "unet", "UNet")
+    scheduler = read_json(base / "scheduler" / SCHEDULER_FILE, "scheduler config")
+    try:
+        config = replace(
+            config,
+            vae=_public(vae_config),
+            unet=_public(unet_config),
+            scheduler=scheduler,
+            base_model=str(base.resolve()),
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = OscarModel(config, vae=vae, unet=unet)
+    except (ConfigError, ValueError, TypeError, RuntimeError) as exc:
+        raise ModelError(f"cannot build {config.name} on the base model {base}: {exc}") from exc
+    return torch.nn.Module.to(model, dtype=torch.float32)
 
 
 def embedded_model_dir() -> Path:

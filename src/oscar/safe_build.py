@@ -3,10 +3,13 @@
 A config (``vae/config.json``, ``unet/config.json``, ``oscar.json``) sets the widths and depths
 of what is built, before strict loading can compare anything with the weights. A broken or
 hostile one (``"layers_per_block": 2147483648``, a width of 10⁹) would allocate without bound, or
-loop for hours. So each module is first built on the meta device (shapes, no memory) with a
-budget: the number of elements its weights file holds, read from the file's header without
-loading a tensor. Building stops as soon as the budget is passed, and the shapes must then
-match the file exactly; only then is the module built for real.
+loop for hours: even on the meta device, module objects take memory. So each module is built
+on the meta device (shapes, no memory) with a budget: the number of elements its weights file
+holds (the file is read first; what that allocates is bounded by the file's size, not by a
+config). Building stops as soon as the budget is passed, and the shapes must then match the
+file exactly (``state_problems``, the one comparison used for every part) before anything real
+is allocated: diffusers parts are filled by assignment (oscar.diffusers_io), the OSCAR parts are
+built for real only after the check (oscar.pretrained).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from oscar.errors import ModelError
@@ -25,30 +27,27 @@ from oscar.errors import ModelError
 _SLACK_ELEMENTS = 2**20
 
 
+_Shaped = torch.Tensor | torch.Size | tuple[int, ...]
+
+
+def _shape(value: _Shaped) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
+
+
 class _OverBudget(Exception):
     pass
-
-
-def header_shapes(path: Path, what: str) -> dict[str, tuple[int, ...]]:
-    """Tensor name → shape from a safetensors header (no tensor is read)."""
-    if not path.is_file():
-        raise ModelError(f"{what} is missing: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{what} at {path} is not a readable safetensors file: {exc}") from None
 
 
 def element_count(shapes: Mapping[str, tuple[int, ...]]) -> int:
     return sum(math.prod(shape) for shape in shapes.values())
 
 
-def build_on_meta(build: Callable[[], nn.Module], budget: int, what: str) -> nn.Module:
+def build_on_meta(build: Callable[[], nn.Module], budget: int | None, what: str) -> nn.Module:
     """``build()`` on the meta device, stopped once its parameters and buffers pass
-    ``budget`` elements (plus a small slack). Any failure is one ModelError."""
+    ``budget`` elements (plus a small slack; None: no budget, for configs we trust). Any
+    failure is one ModelError."""
     used = 0
-    limit = budget + _SLACK_ELEMENTS
+    limit = (budget or 0) + _SLACK_ELEMENTS
 
     def count(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
         nonlocal used
@@ -57,10 +56,12 @@ def build_on_meta(build: Callable[[], nn.Module], budget: int, what: str) -> nn.
             if used > limit:
                 raise _OverBudget
 
-    hooks = [
-        nn.modules.module.register_module_parameter_registration_hook(count),
-        nn.modules.module.register_module_buffer_registration_hook(count),
-    ]
+    hooks = []
+    if budget is not None:
+        hooks = [
+            nn.modules.module.register_module_parameter_registration_hook(count),
+            nn.modules.module.register_module_buffer_registration_hook(count),
+        ]
     try:
         with torch.device("meta"):
             return build()
@@ -78,16 +79,15 @@ def build_on_meta(build: Callable[[], nn.Module], budget: int, what: str) -> nn.
             hook.remove()
 
 
-def shape_problems(
-    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]
-) -> list[str]:
-    """Readable differences between the shapes a module needs and those a file holds."""
+def state_problems(expected: Mapping[str, _Shaped], found: Mapping[str, _Shaped]) -> list[str]:
+    """Readable differences between the tensors (or shapes) a module needs and those a file
+    holds: missing, unexpected, wrong shape."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     wrong = sorted(
-        f"{k} (file {found[k]}, model {expected[k]})"
+        f"{k} (file {_shape(found[k])}, model {_shape(expected[k])})"
         for k in set(found) & set(expected)
-        if tuple(found[k]) != tuple(expected[k])
+        if _shape(found[k]) != _shape(expected[k])
     )
     problems = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
@@ -111,6 +111,6 @@ def check_buildable(
     """
     module = build_on_meta(build, element_count(file_shapes), what)
     expected = {k: tuple(v.shape) for k, v in select(module).items()}
-    problems = shape_problems(expected, file_shapes)
+    problems = state_problems(expected, file_shapes)
     if problems:
         raise ModelError(f"{where} does not match the architecture: " + "; ".join(problems))

@@ -11,6 +11,7 @@ from oscar.commands.common import (
     add_force_option,
     add_limit_options,
     add_model_options,
+    add_tiling_options,
     load_codec,
     plan_outputs,
     positive_int,
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="index coder; auto writes the smaller of entropy and fixed-length",
     )
     add_model_options(p)
+    add_tiling_options(p)
     add_limit_options(p)
     add_force_option(p)
     p.set_defaults(handler=run_compress)
@@ -76,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="IN", help=".oscar files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
     add_model_options(p)
+    add_tiling_options(p)
     add_limit_options(p)
     add_force_option(p)
     p.set_defaults(handler=run_decompress)

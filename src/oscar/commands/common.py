@@ -33,6 +33,30 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto, cpu or cuda (auto: CUDA when available)"
     )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        help="inference dtype of the UNet and VAE (auto: float32); files decode in any dtype",
+    )
+
+
+def add_tiling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tile-size",
+        type=positive_int,
+        default=None,
+        metavar="PX",
+        help="run the VAE and UNet on overlapping tiles of at most PX x PX pixels "
+        "(large images; does not change the file format)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="working-memory budget per image on top of the loaded model, e.g. 4G or 512M; "
+        "picks the largest tiles that fit (estimated)",
+    )
 
 
 def add_limit_options(parser: argparse.ArgumentParser) -> None:
@@ -63,10 +87,18 @@ def load_codec(args: argparse.Namespace):
     """An OscarCodec from the common model options (imports torch lazily)."""
     from oscar.bitstream import Limits
     from oscar.codec import OscarCodec
+    from oscar.tiling import parse_memory
 
     limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
+    max_memory = getattr(args, "max_memory", None)
     return OscarCodec.from_pretrained(
-        args.model, device=args.device, base_model=args.base_model, limits=limits
+        args.model,
+        device=args.device,
+        base_model=args.base_model,
+        limits=limits,
+        dtype=getattr(args, "dtype", "auto"),
+        tile_size=getattr(args, "tile_size", None),
+        max_memory=None if max_memory is None else parse_memory(max_memory),
     )
 
 

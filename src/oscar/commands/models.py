@@ -21,6 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", metavar="CONFIG.json")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    p.add_argument(
+        "--base-model",
+        metavar="DIR",
+        default=None,
+        help="take the VAE, UNet and scheduler from this diffusers folder (Stable Diffusion "
+        "2.1) and reference it instead of copying it; only the model's own parts are new",
+    )
     p.add_argument("-f", "--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(handler=run_init)
 
@@ -47,11 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write MODEL to DIR with floating-point weights stored as --dtype (the "
         "embedded model ships as float16; computation stays float32). The fingerprint changes "
         "with the weights, and the priors are copied as they are: refit them on the exported "
-        "model (oscar fit-priors) so that they match its indices.",
+        "model (oscar fit-priors) so that they match its indices. A model on Stable Diffusion "
+        "2.1 keeps referencing its base folder (only its own parts are converted), and a UNet "
+        "LoRA stays a separate adapter.",
     )
     p.add_argument("model_dir", metavar="MODEL")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.add_argument("--base-model", metavar="DIR", default=None, help=argparse.SUPPRESS)
     p.add_argument("-f", "--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(handler=run_export)
 
@@ -61,16 +71,19 @@ def run_init(args: argparse.Namespace) -> int:
 
     from oscar.config import ModelConfig
     from oscar.models.oscar import OscarModel
-    from oscar.pretrained import save_model
+    from oscar.pretrained import model_on_base, save_model
 
     config = ModelConfig.from_json_file(args.config)
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        model = OscarModel(config)
-    digest = save_model(model, out)
+    if args.base_model is not None:
+        model = model_on_base(config, args.base_model, args.seed)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            model = OscarModel(config)
+    digest = save_model(model, out, include_base=args.base_model is None)
     count = sum(p.numel() for p in model.parameters())
     print(f"wrote {config.name} model ({count:,} parameters) to {out}")
     print(f"fingerprint {digest[:4].hex()} (no priors yet: run `oscar fit-priors {out} IMAGES`)")
@@ -135,9 +148,13 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
-    loaded = load_model(args.model_dir)
+    # merge_lora=False: the LoRA factors stay apart from the base weights they would change.
+    loaded = load_model(args.model_dir, base_model=args.base_model, merge_lora=False)
     dtype = getattr(torch, args.dtype)
-    digest = save_model(loaded.model, out, priors=loaded.priors, dtype=dtype)
+    include_base = loaded.model.config.base_model is None
+    digest = save_model(
+        loaded.model, out, priors=loaded.priors, dtype=dtype, include_base=include_base
+    )
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({args.dtype}, {size / 2**20:.1f} MiB), fingerprint {digest[:4].hex()}")
     return 0

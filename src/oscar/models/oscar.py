@@ -23,7 +23,8 @@ from oscar.config import ModelConfig
 from oscar.models.hyper import HyperCoder
 from oscar.models.norms import channel_rms, dequantize_rms, quantize_rms, rescale_channels
 from oscar.models.schedule import NoiseSchedule, x0_estimate
-from oscar.rates import RateLevel
+from oscar.rates import VAE_FACTOR, RateLevel
+from oscar.tiling import Tiling, tiled_map
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class OscarModel(nn.Module):
         self.prompt_embedding = nn.Parameter(
             torch.randn(config.prompt_length, config.cross_attention_dim) * 0.02
         )
+        # LoRA factors merged into self.unet at load time (oscar.models.lora.UnetAdapter), kept
+        # so that the model can be saved again; None without LoRA or while peft wraps the UNet.
+        self.unet_adapter = None
 
     # ------------------------------------------------------------------------ properties
     @property
@@ -79,14 +83,28 @@ class OscarModel(nn.Module):
         return self.hyper[str(level)]
 
     # ------------------------------------------------------------------------ stages
-    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B,3,H,W) in [-1,1] → scaled latent y (B,4,H/8,W/8): the posterior mean, no draw."""
-        moments = self.vae.encode(x).latent_dist
-        return moments.mean * self.scaling_factor
+    def encode_latent(self, x: torch.Tensor, tiles: Tiling | None = None) -> torch.Tensor:
+        """x (B,3,H,W) in [-1,1] → scaled latent y (B,4,H/8,W/8) float32: the posterior mean.
 
-    def decode_latent(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """Scaled latent (B,4,h,w) → image (B,3,8h,8w), clamped to [-1, 1]."""
-        return self.vae.decode(y_hat / self.scaling_factor).sample.clamp(-1, 1)
+        No random draw. ``tiles`` runs the VAE encoder by blended tiles (oscar.tiling).
+        """
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            return self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
+
+        stage = tiles.encoder if tiles is not None else None
+        return tiled_map(encode, x, stage, in_scale=VAE_FACTOR) * self.scaling_factor
+
+    def decode_latent(self, y_hat: torch.Tensor, tiles: Tiling | None = None) -> torch.Tensor:
+        """Scaled latent (B,4,h,w) → image (B,3,8h,8w) float32, clamped to [-1, 1]."""
+
+        def decode(y: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode((y / self.scaling_factor).to(self.vae.dtype)).sample
+
+        stage = tiles.decoder if tiles is not None else None
+        x_hat = tiled_map(decode, y_hat, stage, out_scale=VAE_FACTOR)
+        # In place when no gradient is needed: a 4K image is 100 MB per float32 copy.
+        return x_hat.clamp(-1, 1) if torch.is_grad_enabled() else x_hat.clamp_(-1, 1)
 
     def side_info(self, y: torch.Tensor) -> torch.Tensor:
         """The per-channel RMS codes (B, 4) uint8 that the file carries."""
@@ -99,28 +117,42 @@ class OscarModel(nn.Module):
     def prompt(self, batch: int) -> torch.Tensor:
         return self.prompt_embedding.unsqueeze(0).expand(batch, -1, -1)
 
-    def unet_output(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """One UNet pass at per-sample timesteps (B,) int64."""
-        prompt = self.prompt(z_t.shape[0]).to(z_t.dtype)
-        return self.unet(z_t, timesteps, encoder_hidden_states=prompt).sample
+    def unet_output(
+        self, z_t: torch.Tensor, timesteps: torch.Tensor, tiles: Tiling | None = None
+    ) -> torch.Tensor:
+        """One UNet pass at per-sample timesteps (B,) int64; float32 out, any UNet dtype."""
+        dtype = self.unet.dtype
+        prompt = self.prompt(z_t.shape[0]).to(dtype)
 
-    def denoise(self, z_t: torch.Tensor, timestep: int) -> torch.Tensor:
-        """One-step x0 estimate y_hat from z_t at pseudo-timestep ``timestep``."""
+        def run(z: torch.Tensor) -> torch.Tensor:
+            return self.unet(z.to(dtype), timesteps, encoder_hidden_states=prompt).sample
+
+        stage = tiles.unet if tiles is not None else None
+        return tiled_map(run, z_t, stage, align=self.config.unet_downsample)
+
+    def denoise(
+        self, z_t: torch.Tensor, timestep: int, tiles: Tiling | None = None
+    ) -> torch.Tensor:
+        """One-step x0 estimate y_hat (float32) from z_t at pseudo-timestep ``timestep``."""
         t = torch.full((z_t.shape[0],), timestep, dtype=torch.long, device=z_t.device)
-        out = self.unet_output(z_t, t)
+        out = self.unet_output(z_t, t, tiles)
         return x0_estimate(
-            out, z_t, self.schedule.alpha_bar(timestep), self.schedule.prediction_type
+            out, z_t.float(), self.schedule.alpha_bar(timestep), self.schedule.prediction_type
         )
 
     # ------------------------------------------------------------------------ whole paths
     def decode_indices(
-        self, indices: torch.Tensor, rms_codes: torch.Tensor, level: int
+        self,
+        indices: torch.Tensor,
+        rms_codes: torch.Tensor,
+        level: int,
+        tiles: Tiling | None = None,
     ) -> torch.Tensor:
         """indices (B,h,w) + RMS codes (B,4) → x_hat (B,3,8h',8w') in [-1,1] (padded size)."""
         y_tilde = self.hyper_coder(level).decode(indices)
         z_t = self.to_noisy_latent(y_tilde, rms_codes)
-        y_hat = self.denoise(z_t, self.rate(level).timestep)
-        return self.decode_latent(y_hat)
+        y_hat = self.denoise(z_t, self.rate(level).timestep, tiles)
+        return self.decode_latent(y_hat, tiles)
 
     def forward(self, x: torch.Tensor, level: int) -> OscarOutput:
         """Training/analysis pass with straight-through quantisation (same value as coding)."""

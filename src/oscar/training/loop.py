@@ -51,17 +51,30 @@ class Optimized:
 
 
 class EMA:
-    """Exponential moving average of parameters, checkpointed with the run."""
+    """Exponential moving average of parameters, checkpointed with the run.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (the formula of
+    diffusers' ``EMAModel``): without it the random initial weights keep a share of
+    ``decay ** steps`` in the average (5 % after 3000 steps at 0.999), which cost the first
+    ``small`` autoencoder 3 dB of held-out PSNR. Written here rather than using ``EMAModel``
+    because that class leaves its shadows on the CPU after accelerate restores a checkpoint.
+    """
 
     def __init__(self, params: list[nn.Parameter], decay: float) -> None:
         self.params = params
         self.decay = decay
+        self.updates = 0
         self.shadow = [p.detach().clone().float() for p in params]
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self) -> None:
+        weight = 1.0 - self.current_decay()
         for s, p in zip(self.shadow, self.params, strict=True):
-            s.lerp_(p.detach().float(), 1.0 - self.decay)
+            s.lerp_(p.detach().float(), weight)
+        self.updates += 1
 
     @torch.no_grad()
     def copy_to(self, params: list[nn.Parameter]) -> None:
@@ -69,10 +82,11 @@ class EMA:
             p.copy_(s.to(p.dtype))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "shadow": self.shadow}
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay = state["decay"]
+        self.updates = state["updates"]
         self.shadow = [s.to(p.device) for s, p in zip(state["shadow"], self.params, strict=True)]
 
 
@@ -84,6 +98,12 @@ class LoopContext:
     accelerator: Any
     optimized: list[Optimized] = field(default_factory=list)
     ema: EMA | None = None
+    # Wall time of this stage: earlier runs (restored from the checkpoint) + since ``started``.
+    seconds_before: float = 0.0
+    started: float = field(default_factory=time.time)
+
+    def wall_seconds(self) -> float:
+        return self.seconds_before + (time.time() - self.started)
 
     @property
     def device(self) -> torch.device:
@@ -200,7 +220,8 @@ def save_checkpoint(ctx: LoopContext, step: int) -> Path:
     acc.save_state(str(tmp))
     acc.wait_for_everyone()  # every process has written its part before the rename
     if ctx.is_main:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "stage": ctx.stage.kind}))
+        state = {"step": step, "stage": ctx.stage.kind, "wall_seconds": ctx.wall_seconds()}
+        (tmp / STATE_FILE).write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)  # a checkpoint exists only once complete
         for old in checkpoint_dirs(ctx.stage_dir)[: -ctx.config.keep_checkpoints]:
@@ -216,7 +237,10 @@ def load_latest_checkpoint(ctx: LoopContext) -> int:
         return 0
     latest = found[-1]
     ctx.accelerator.load_state(str(latest))
-    step = int(json.loads((latest / STATE_FILE).read_text())["step"])
+    state = json.loads((latest / STATE_FILE).read_text())
+    step = int(state["step"])
+    # Checkpoints written before wall time was recorded count from the resume.
+    ctx.seconds_before = float(state.get("wall_seconds", 0.0))
     log.info("resumed %s from %s (step %d)", ctx.stage.kind, latest, step)
     return step
 

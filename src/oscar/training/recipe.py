@@ -27,7 +27,7 @@ import torch
 from oscar.config import ModelConfig
 from oscar.errors import ConfigError
 from oscar.models.oscar import OscarModel
-from oscar.pretrained import load_model, save_model
+from oscar.pretrained import load_model, model_on_base, save_model
 from oscar.priors import IndexPriors
 from oscar.training.config import TRAINING_KINDS, StageConfig, TrainConfig
 from oscar.training.loop import (
@@ -87,16 +87,33 @@ def _build_model(config: TrainConfig, source: Path | None, device: torch.device)
     """(model, priors): from the architecture with random weights, or from a model directory."""
     if source is None:
         arch = ModelConfig.from_json_file(config.model)
+        if config.base_model is not None:  # VAE and UNet from the base folder, the rest new
+            return model_on_base(arch, config.base_model, config.seed).to(device), None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = OscarModel(arch)
         return model.to(device), None
-    loaded = load_model(source, base_model=config.base_model, device=device)
+    # merge_lora=False: a UNet LoRA stays a peft adapter holding the stored factors, so a stage
+    # trains it further (or leaves it alone) and the saved directory keeps it apart from the
+    # base weights (oscar.models.lora).
+    loaded = load_model(source, base_model=config.base_model, device=device, merge_lora=False)
     return loaded.model.train(), loaded.priors
 
 
-def _save(model: OscarModel, directory: Path, priors=None) -> None:
-    include_base = model.config.base_model is None
+def _trains_base_weights(stage: StageConfig) -> bool:
+    """Whether a stage changes VAE or UNet weights that a base folder would otherwise supply."""
+    return stage.kind in ("vae", "diffusion") or (
+        stage.kind == "joint" and stage.train_unet == "full"
+    )
+
+
+def _save(
+    model: OscarModel, directory: Path, priors=None, stage: StageConfig | None = None
+) -> None:
+    """Write a stage's model. One on a base folder (Stable Diffusion 2.1) stores only its own
+    parts, unless the stage trained the base's weights: then it gets its own vae/ and unet/."""
+    trained_base = stage is not None and _trains_base_weights(stage)
+    include_base = model.config.base_model is None or trained_base
     save_model(model, directory, priors=priors, include_base=include_base)
 
 
@@ -112,7 +129,6 @@ def run_stage(config: TrainConfig, index: int, resume: bool, max_seconds: float 
     source = _input_model(config, index)
     accelerator = make_accelerator(config, sdir)
     ctx = LoopContext(config, sc, sdir, accelerator)
-    started = time.time()
     model, priors = _build_model(config, source, accelerator.device)
     if accelerator.is_main_process:
         sdir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +147,7 @@ def run_stage(config: TrainConfig, index: int, resume: bool, max_seconds: float 
     else:
         # Weights do not change here, so the priors of untouched levels stay valid.
         _run_tool_stage(ctx, model, priors, record)
-    record["wall_seconds"] = round(time.time() - started, 1)
+    record["wall_seconds"] = round(ctx.wall_seconds(), 1)  # over every resumed run
     if accelerator.is_main_process:
         (sdir / DONE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     accelerator.wait_for_everyone()
@@ -178,7 +194,9 @@ def _run_training(ctx: LoopContext, model: OscarModel, priors, record: dict, max
     if report:
         record["codebook_usage"] = {str(k): v for k, v in report.items()}
     if ctx.is_main:
-        _save(model.eval(), ctx.stage_dir / "model", _still_valid(priors, ctx.stage, stage))
+        _save(
+            model.eval(), ctx.stage_dir / "model", _still_valid(priors, ctx.stage, stage), ctx.stage
+        )
     return True
 
 

@@ -1,6 +1,11 @@
 """Stage 2 (method.md §5): hyper-coders + UNet (full fine-tuning or LoRA) + prompt embedding,
 VAE frozen, one level drawn per step.
 
+``train_unet``: ``full`` trains every UNet weight; ``lora`` only a LoRA on it (peft, as the
+original; the model config's ``lora`` gives rank, alpha and target modules), which the written
+model stores as ``unet_lora.*`` tensors (oscar.models.lora) and merges at load time; ``frozen``
+leaves the UNet alone.
+
 Loss: ``l1``·L1(x_hat, x) + ``perceptual``·P(x_hat, x) + ``edge_perceptual``·P(Sobel(x_hat),
 Sobel(x)) + ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·VQ terms + ``adversarial``·hinge
 from the discriminator on frozen diffusion-UNet features of noised latents (real y, fake y_hat;
@@ -13,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from oscar.errors import ConfigError
 from oscar.training.discriminators import UNetFeatureDiscriminator
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import (
@@ -42,12 +48,7 @@ class JointStage(Stage):
         if sc.train_unet == "full":
             model.unet.requires_grad_(True).train()
         elif sc.train_unet == "lora":
-            from oscar.models.lora import add_lora
-
-            if model.config.lora is None:
-                raise ValueError("train_unet: lora needs `lora` settings in the model config")
-            add_lora(model.unet, model.config.lora)
-            model.unet.train()
+            self.setup_lora()
         if self.ctx.config.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
         self.disc = None
@@ -62,6 +63,30 @@ class JointStage(Stage):
         self.perceptual, self.perceptual_name = make_perceptual(
             sc.loss.perceptual_kind, sc.loss.perceptual_fallback, self.ctx.config.weights_dir
         )
+
+    def setup_lora(self) -> None:
+        """Train a LoRA on the frozen UNet (rank, alpha, targets: the model config's ``lora``).
+
+        A model that already has one (loaded for training: peft layers holding the stored
+        factors) trains it further; otherwise a new one starts as the identity (B = 0), its A
+        drawn from the recipe's seed. Only the factors take gradients, so the base UNet stays
+        bit-identical, and the stage's model directory stores the factors as ``unet_lora.*``
+        beside the base weights (or, on Stable Diffusion 2.1, instead of them).
+        """
+        from oscar.models.lora import add_lora, has_peft_lora, lora_parameters
+
+        unet = self.model.unet
+        if self.model.config.lora is None:
+            raise ConfigError(
+                "train_unet: lora needs `lora` settings (rank, alpha, target_modules) in the "
+                "model config"
+            )
+        if not has_peft_lora(unet):
+            g = torch.Generator().manual_seed(self.ctx.config.seed + 3)
+            add_lora(unet, self.model.config.lora, generator=g)
+        for p in lora_parameters(unet):
+            p.requires_grad_(True)
+        unet.train()
 
     def level_for_step(self, step: int) -> int:
         """The same level on every process: drawn from (seed, step) only."""
@@ -135,10 +160,3 @@ class JointStage(Stage):
 
     def validate(self, step: int) -> dict[str, float]:
         return self.validate_codec(step, self.levels)
-
-    def finish(self):
-        if self.stage.train_unet == "lora":
-            from oscar.models.lora import merge_lora_for_export
-
-            merge_lora_for_export(self.model)
-        return self.model

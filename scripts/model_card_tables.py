@@ -1,0 +1,130 @@
+"""Print the model card's tables (markdown) from a training run, an `oscar eval` output and a model.
+
+    python scripts/model_card_tables.py RUN_DIR EVAL_DIR MODEL_DIR
+
+Every number comes from files those commands wrote: the stages' ``done.json`` (steps, wall time,
+hardware, last logged losses, validation), the model's ``oscar.json`` (calibrated cosines and
+timesteps) and the evaluation's ``aggregates.json`` (measured bytes, metrics, times).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from oscar.pretrained import read_config
+
+BASELINES = ("jpeg", "webp", "avif", "jxl")
+
+
+def fmt(value, digits=3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-2 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def training_table(run: Path) -> str:
+    rows = [
+        "| stage | steps | batch | wall time | hardware | last logged losses | validation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for done in sorted(run.glob("*/done.json")):
+        d = json.loads(done.read_text())
+        cfg, hw = d.get("config", {}), d.get("hardware", {})
+        losses = ", ".join(
+            f"{k.split('/')[-1]} {v:.4g}" for k, v in d.get("final_losses", {}).items()
+        )
+        val = ", ".join(
+            f"{k.split('/')[-1]} {v:.4g}" for k, v in (d.get("validation") or {}).items()
+        )
+        hardware = f"{hw.get('processes', '?')}× {hw.get('cpu') or hw.get('device', '?')}"
+        if hw.get("torch_threads"):
+            hardware += f", {hw['torch_threads']} threads"
+        steps = d.get("steps", "–")
+        batch = cfg.get("batch_size", "–") if d["stage"] not in ("calibrate", "priors") else "–"
+        minutes = d.get("wall_seconds", 0) / 60
+        rows.append(
+            f"| {d['index']:02d} {d['stage']} | {steps} | {batch} | {minutes:.1f} min | "
+            f"{hardware} | {losses or '–'} | {val or '–'} |"
+        )
+    return "\n".join(rows)
+
+
+def calibration_table(model: Path) -> str:
+    config = read_config(model)
+    rows = [
+        "| level | grid factor | codebook | nominal bpp | measured cosine | timestep |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lv in config.levels:
+        rows.append(
+            f"| {lv.level} | {lv.grid_factor} | {lv.codebook_size} | "
+            f"{lv.nominal_bpp:.4f} | {fmt(lv.cosine)} | {lv.timestep} |"
+        )
+    return "\n".join(rows)
+
+
+def results_table(model: Path, evaluation: Path) -> str:
+    config = read_config(model)
+    nominal = {lv.level: lv.nominal_bpp for lv in config.levels}
+    aggs = json.loads((evaluation / "aggregates.json").read_text())
+    ours = {a["level"]: a for a in aggs if a["codec"] == "oscar" and a["kind"] == "oscar"}
+    matched = {(a["codec"], a["level"]): a for a in aggs if a["kind"] == "matched"}
+    head = [
+        "level",
+        "nominal bpp",
+        "measured bpp",
+        "saving",
+        "PSNR",
+        "MS-SSIM",
+        "encode s",
+        "decode s",
+    ]
+    head += [f"{b} PSNR / MS-SSIM at matched bpp" for b in BASELINES]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for level in sorted(ours):
+        a = ours[level]
+        m = a["metrics"]
+        cells = [
+            str(level),
+            f"{nominal[level]:.4f}",
+            f"{a['bpp']:.4f}",
+            f"{100 * (1 - a['bpp'] / nominal[level]):.0f} %",
+            fmt(m.get("psnr"), 2),
+            fmt(m.get("ms_ssim"), 3),
+            f"{a['encode_s']:.2f}",
+            f"{a['decode_s']:.2f}",
+        ]
+        for b in BASELINES:
+            r = matched.get((b, level))
+            if r is None:
+                cells.append("–")
+                continue
+            floor = "" if set(r.get("statuses", {})) <= {"ok"} else " (floor)"
+            cells.append(
+                f"{fmt(r['metrics'].get('psnr'), 2)} / {fmt(r['metrics'].get('ms_ssim'), 3)}"
+                f" at {r['bpp']:.4f}{floor}"
+            )
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    run, evaluation, model = map(Path, argv)
+    print("## Training\n")
+    print(training_table(run))
+    print("\n## Calibrated rate table\n")
+    print(calibration_table(model))
+    print("\n## Held-out results\n")
+    print(results_table(model, evaluation))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Turn a finished `oscar train configs/train_small.yaml` run into the embedded model and measure it.
+#
+#   scripts/ship_small_model.sh [RUN_DIR] [EVAL_DIR]     (defaults: runs/small, results/small-heldout)
+#
+# 1. export the final model with float16 weights into src/oscar/weights/small (computation stays
+#    float32; the package ships the float16 files);
+# 2. refit the entropy-coder priors on the exported weights (float16 rounding can move indices);
+# 3. evaluate on the held-out split against JPEG, WebP, AVIF and JPEG XL with real bytes;
+# 4. print the model card's tables (scripts/model_card_tables.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run=${1:-runs/small}
+out=${2:-results/small-heldout}
+final=$(ls -d "$run"/*-priors/model | tail -n 1)
+oscar export "$final" -o src/oscar/weights/small --dtype float16 --force
+oscar fit-priors src/oscar/weights/small data/wallpapers/train
+oscar eval data/wallpapers/heldout --model src/oscar/weights/small \
+    --baselines jpeg,webp,avif,jxl --metrics psnr,ms_ssim,lpips_vgg,dists -o "$out" --force
+python scripts/model_card_tables.py "$run" "$out" src/oscar/weights/small
