@@ -215,6 +215,16 @@ def test_installed_command(tiny_model_dir, tmp_path):
     assert run("--help").returncode == 0
 
 
+def test_help_states_each_default_once(capsys):
+    for command in ("bench", "decompress", "compress"):
+        assert main([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and "(default: False)" not in text
+    assert main(["bench", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 1,4,20)" in text and "(default: embedded model) (default" not in text
+
+
 def test_demo_prints_every_level(tiny_model_dir, tmp_path, capsys):
     Image.fromarray(make_image(64, 96)).save(tmp_path / "a.png")
     assert (

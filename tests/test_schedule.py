@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -63,3 +65,37 @@ def test_timestep_for_cosine():
     for t in (0, 150, 500, 900):
         c = schedule.alpha_bar(t) ** 0.5
         assert schedule.timestep_for_cosine(c) == t
+
+
+def test_ddim_timesteps():
+    from oscar.models.schedule import ddim_timesteps
+
+    assert ddim_timesteps(150, 1) == (150,)
+    assert ddim_timesteps(150, 4) == (150, 113, 75, 38)
+    assert ddim_timesteps(0, 1) == (0,)
+    for start, steps in [(150, 20), (500, 7), (150, 150), (3, 2)]:
+        ts = ddim_timesteps(start, steps)
+        assert len(ts) == steps and ts[0] == start and ts[-1] >= 1
+        assert all(a > b for a, b in itertools.pairwise(ts))
+    for bad in [(150, 0), (150, 151), (0, 2)]:
+        with pytest.raises(ValueError):
+            ddim_timesteps(*bad)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_ddim_step_matches_diffusers(prediction_type):
+    """One η = 0 DDIM update from t = 300 to 200 equals diffusers' DDIMScheduler.step."""
+    from oscar.models.schedule import ddim_step
+
+    config = {**SD_SCHEDULE, "prediction_type": prediction_type}
+    reference = DDIMScheduler(**config)
+    reference.set_timesteps(10)  # leading spacing: ..., 300, 200, ...
+    schedule = NoiseSchedule.from_config(config)
+    g = torch.Generator().manual_seed(1)
+    z_t, out = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    expected = reference.step(out, 300, z_t, eta=0.0).prev_sample
+    ab = schedule.alpha_bar(300)
+    y_hat = x0_estimate(out, z_t, ab, prediction_type)
+    eps = epsilon_estimate(out, z_t, ab, prediction_type)
+    ours = ddim_step(y_hat, eps, schedule.alpha_bar(200))
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)

@@ -306,6 +306,20 @@ def test_calibration_recovers_a_known_timestep(tmp_path):
         assert config.level(level).cosine is not None
 
 
+def _layout(model) -> list:
+    """Module classes and parameter strides: what the codec's inference tuning would change."""
+    return [type(m) for m in model.modules()] + [p.stride() for p in model.parameters()]
+
+
+def test_validation_and_calibration_leave_the_trained_model_as_it_was(tmp_path, data_dirs):
+    stage = make_stage(HyperStage, tmp_path, data_dirs, "hyper", dead_code_interval=0)
+    before = _layout(stage.model)
+    assert stage.validate_codec(0, [7])  # wraps the model in an OscarCodec
+    assert _layout(stage.model) == before  # no channels-last weights, no in-place blocks
+    calibrate(stage.model, stage.validation_images[:1], levels=[7], progress=False)
+    assert _layout(stage.model) == before
+
+
 # ----------------------------------------------------------------------------- new levels
 def test_a_trained_model_gains_a_ninth_level(tmp_path, data_dirs, tiny_model_dir):
     config = recipe(

@@ -24,11 +24,21 @@ COMMAND_MODULES = (
     "oscar.commands.training",
     "oscar.commands.evaluation",
     "oscar.commands.demo",
+    "oscar.commands.bench",
 )
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults in --help and keep the description's line breaks."""
+    """Show defaults in --help and keep the description's line breaks.
+
+    No "(default: None)" or "(default: False)" (flags, options without a value), and nothing
+    added where the help text already states its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

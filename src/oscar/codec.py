@@ -8,6 +8,10 @@
     decompress: bytes ─parse, check─► indices ─g_s─► y_tilde ─rescale─► z_t ─UNet─► y_hat
                 ─VAE─► x_hat ─crop─► image
 
+Each step runs inside ``with stage(name)`` (``oscar.stages``): a no-op unless ``oscar bench`` is
+recording, so the benchmark times exactly this code. ``decompress(data, steps=N)`` replaces the
+one UNet pass by N deterministic DDIM steps (same file; ``steps=1`` is the default decoder).
+
 Every image is padded to the model's ``pad_multiple`` (the least common multiple of all grid
 factors and the UNet's downsampling, 64 for the default ladder) so that the latent is computed
 once for all levels (``compress_to_budget``) and the decoder derives the token grid from the
@@ -16,6 +20,7 @@ original size alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,8 +30,9 @@ import torch
 from PIL import Image
 
 from oscar import bitstream
+from oscar.allocator import allocator_for_pixels
 from oscar.bitstream import Container, Header, Limits
-from oscar.device import resolve_device, resolve_dtype
+from oscar.device import inference_memory_format, resolve_device, resolve_dtype
 from oscar.entropy import (
     FIXED_CODER_ID,
     PRIOR_CODER_ID,
@@ -52,8 +58,10 @@ from oscar.io import (
     tensor_to_image,
     to_rgb,
 )
+from oscar.models.inference import use_inplace_activations
 from oscar.pretrained import LoadedModel, load_model, resolve_model_dir
 from oscar.rates import RateLevel
+from oscar.stages import stage
 from oscar.tiling import Tiling, plan_tiling
 
 CoderChoice = Literal["auto", "entropy", "fixed"]
@@ -110,13 +118,28 @@ class OscarCodec:
         limits: Limits | None = None,
         tile_size: int | None = None,
         max_memory: int | None = None,
+        optimize: bool = True,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.device = device or next(self.model.parameters()).device
         self.model.to(self.device)
+        # The networks' inference dtype (UNet; the VAE's too, unless float16 keeps it float32:
+        # oscar.pretrained); hyper-coders, latents and side info stay float32.
+        self.dtype = self.model.unet.dtype
         self.limits = limits or Limits()
         self.pad_multiple = self.model.config.pad_multiple
+        # Inference optimisations (BENCHMARKS.md); ``optimize=False`` runs the networks as
+        # diffusers builds them, for comparisons. In-place VAE activations change no value. The
+        # channels-last VAE decoder (CPU) may change pixels by float rounding; the encoder keeps
+        # its layout so that the bytes written stay exactly as before. Both change the model
+        # passed in, in place: callers that go on training it pass ``optimize=False``.
+        self.memory_format = inference_memory_format(self.device, None if optimize else False)
+        if optimize:
+            use_inplace_activations(self.model.vae)
+        for part in (self.model.vae.post_quant_conv, self.model.vae.decoder):
+            if part is not None:
+                part.to(memory_format=self.memory_format)
         # One coder of each kind, so the prior coder's per-level models are built once.
         self._fixed = FixedLengthCoder()
         self._prior = PriorCoder(loaded.priors) if loaded.priors is not None else None
@@ -136,18 +159,28 @@ class OscarCodec:
         dtype: str | torch.dtype = "auto",
         tile_size: int | None = None,
         max_memory: int | None = None,
+        optimize: bool = True,
     ) -> OscarCodec:
         """Load a model directory (default: the embedded model) onto a device.
 
         ``dtype`` ("auto" = float32, "float32", "float16", "bfloat16" or a torch dtype) is the
-        inference dtype of the UNet and VAE; files are interchangeable between dtypes and devices.
+        inference dtype of the UNet and VAE; files are interchangeable between dtypes and devices
+        (``bfloat16`` is faster on CPUs with AVX-512 BF16 and changes the pixels slightly, see
+        BENCHMARKS.md). ``optimize=False`` runs the networks exactly as diffusers builds them.
         """
         dev = resolve_device(device)
         dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
         loaded = load_model(
             resolve_model_dir(model_dir), base_model=base_model, device=dev, dtype=dt
         )
-        return cls(loaded, device=dev, limits=limits, tile_size=tile_size, max_memory=max_memory)
+        return cls(
+            loaded,
+            device=dev,
+            limits=limits,
+            tile_size=tile_size,
+            max_memory=max_memory,
+            optimize=optimize,
+        )
 
     def tiling(self, direction: str, height: int, width: int) -> Tiling:
         """Tiles for a padded image size (none unless tile_size or max_memory is set)."""
@@ -198,26 +231,54 @@ class OscarCodec:
         return source
 
     @torch.inference_mode()
-    def encode_latent(self, source: SourceImage) -> tuple[torch.Tensor, np.ndarray]:
-        """Padded scaled latent y (1, 4, H/8, W/8) and its RMS codes (4,)."""
-        x = pad(image_to_tensor(source.rgb).to(self.device), self.pad_multiple)
-        y = self.model.encode_latent(x, self.tiling("encode", *x.shape[-2:]))
-        del x
-        codes = self.model.side_info(y)[0].cpu().numpy()
+    def encode_latents(self, sources: Sequence[SourceImage]) -> tuple[torch.Tensor, np.ndarray]:
+        """Same-size images → padded scaled latents y (B, 4, H/8, W/8) and RMS codes (B, 4)."""
+        with stage("pad"):
+            x = torch.cat([image_to_tensor(s.rgb) for s in sources]).to(self.device)
+            x = pad(x, self.pad_multiple)
+        allocator_for_pixels(x.shape[0] * x.shape[2] * x.shape[3])
+        with stage("vae_encode"):
+            y = self.model.encode_latent(x, self.tiling("encode", *x.shape[-2:]))
+            del x  # a 4K image is 100 MB per float32 copy
+            codes = self.model.side_info(y).cpu().numpy()
         return y, codes
 
+    def encode_latent(self, source: SourceImage) -> tuple[torch.Tensor, np.ndarray]:
+        """Padded scaled latent y (1, 4, H/8, W/8) and its RMS codes (4,)."""
+        y, codes = self.encode_latents([source])
+        return y, codes[0]
+
     @torch.inference_mode()
+    def hyper_encode_batch(self, y: torch.Tensor, level: int) -> np.ndarray:
+        """Latents y (B, 4, H/8, W/8) → indices (B, h, w) int64 (g_a, then the quantiser)."""
+        hyper = self.model.hyper_coder(level)
+        with stage("hyper_analysis"):
+            u = hyper.g_a(y)
+        with stage("quantize"):
+            return hyper.quantizer.quantize(u).cpu().numpy().astype(np.int64)
+
     def hyper_encode(self, y: torch.Tensor, level: int) -> np.ndarray:
-        return self.model.hyper_coder(level).encode(y)[0].cpu().numpy().astype(np.int64)
+        """Latent y (1, 4, H/8, W/8) → indices (h, w) int64."""
+        return self.hyper_encode_batch(y, level)[0]
 
     def encode(self, image: ImageLike, level: int) -> EncodedImage:
         """Image → typed record (indices and side info), no bytes."""
+        return self.encode_batch([image], level)[0]
+
+    def encode_batch(self, images: Sequence[ImageLike], level: int) -> list[EncodedImage]:
+        """Images of one size → typed records, run through the networks as one batch."""
         self.rate(level)
-        source = self.prepare_image(image)
-        y, codes = self.encode_latent(source)
-        return EncodedImage(
-            level, source.height, source.width, self.hyper_encode(y, level), codes, source.grey
-        )
+        sources = [self.prepare_image(image) for image in images]
+        if not sources:
+            raise ImageError("a batch needs at least one image")
+        if len({(s.height, s.width) for s in sources}) > 1:
+            raise ImageError("a batch must hold images of one size")
+        y, codes = self.encode_latents(sources)
+        indices = self.hyper_encode_batch(y, level)
+        return [
+            EncodedImage(level, s.height, s.width, indices[i], codes[i], s.grey)
+            for i, s in enumerate(sources)
+        ]
 
     def _coders(self, coder: CoderChoice, level: int) -> list[IndexCoder]:
         """The coders to try for a choice at ``level``; the smallest output wins."""
@@ -255,6 +316,10 @@ class OscarCodec:
 
     def pack(self, encoded: EncodedImage, coder: CoderChoice = "auto") -> bytes:
         """Typed record → file bytes. ``auto`` writes whichever coder gives fewer bytes."""
+        with stage("entropy_code"):
+            return self._pack(encoded, coder)
+
+    def _pack(self, encoded: EncodedImage, coder: CoderChoice) -> bytes:
         rate = self.rate(encoded.level)
         best: tuple[int, bytes] | None = None
         for candidate in self._coders(coder, encoded.level):
@@ -318,6 +383,10 @@ class OscarCodec:
 
     def unpack(self, data: bytes) -> EncodedImage:
         """File bytes → typed record, with every check done before any tensor is made."""
+        with stage("parse"):
+            return self._unpack(data)
+
+    def _unpack(self, data: bytes) -> EncodedImage:
         container = self.parse(data)
         header = container.header
         rate = self.rate(header.level)
@@ -331,21 +400,63 @@ class OscarCodec:
         codes = np.frombuffer(header.side_info, dtype=np.uint8).copy()
         return EncodedImage(header.level, header.height, header.width, indices, codes, header.grey)
 
+    def check_steps(self, steps: int, level: int) -> None:
+        """Refuse a number of decoding steps the level's timestep cannot hold."""
+        most = max(self.rate(level).timestep, 1)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
+            raise ConfigError(
+                f"steps must be an integer from 1 to {most} for level {level} "
+                f"(timestep {self.rate(level).timestep}), got {steps!r}"
+            )
+
+    def decode(self, encoded: EncodedImage, steps: int = 1) -> np.ndarray:
+        """Typed record → image: (H, W, 3) uint8, or (H, W) when the source was greyscale.
+
+        ``steps`` > 1 decodes with that many deterministic DDIM steps instead of one.
+        """
+        return self.decode_batch([encoded], steps)[0]
+
     @torch.inference_mode()
-    def decode(self, encoded: EncodedImage) -> np.ndarray:
-        """Typed record → image: (H, W, 3) uint8, or (H, W) when the source was greyscale."""
-        indices = torch.from_numpy(encoded.indices).to(self.device).unsqueeze(0)
-        codes = torch.from_numpy(np.asarray(encoded.rms_codes, np.uint8)).unsqueeze(0)
-        padded = padded_size(encoded.height, encoded.width, self.pad_multiple)
-        tiles = self.tiling("decode", *padded)
-        x_hat = self.model.decode_indices(indices, codes.to(self.device), encoded.level, tiles)
-        rgb = tensor_to_image(crop(x_hat, encoded.height, encoded.width))
-        return grey_from_rgb(rgb) if encoded.grey else rgb
+    def decode_batch(self, records: Sequence[EncodedImage], steps: int = 1) -> list[np.ndarray]:
+        """Records of one level and size → images, run through the networks as one batch."""
+        if not records:
+            raise ConfigError("a batch needs at least one record")
+        first = records[0]
+        if any(
+            (r.level, r.height, r.width) != (first.level, first.height, first.width)
+            for r in records
+        ):
+            raise ConfigError("a batch must hold records of one level and size")
+        self.check_steps(steps, first.level)
+        ph, pw = padded_size(first.height, first.width, self.pad_multiple)
+        allocator_for_pixels(len(records) * ph * pw)
+        tiles = self.tiling("decode", ph, pw)
+        model = self.model
+        with stage("hyper_synthesis"):
+            indices = torch.from_numpy(np.stack([r.indices for r in records])).to(self.device)
+            codes = np.stack([np.asarray(r.rms_codes, np.uint8) for r in records])
+            y_tilde = model.hyper_coder(first.level).decode(indices)
+            z_t = model.to_noisy_latent(y_tilde, torch.from_numpy(codes).to(self.device))
+        with stage("unet"):
+            y_hat = model.denoise(z_t, self.rate(first.level).timestep, tiles, steps=steps)
+        with stage("vae_decode"):
+            y_hat = y_hat.contiguous(memory_format=self.memory_format)
+            x_hat = model.decode_latent(y_hat, tiles)
+        with stage("crop"):
+            images = []
+            for i, r in enumerate(records):
+                rgb = tensor_to_image(crop(x_hat[i : i + 1], r.height, r.width))
+                images.append(grey_from_rgb(rgb) if r.grey else rgb)
+        return images
 
-    def decompress(self, data: bytes) -> np.ndarray:
-        """File bytes → image: (H, W, 3) uint8, or (H, W) for greyscale sources."""
-        return self.decode(self.unpack(data))
+    def decompress(self, data: bytes, steps: int = 1) -> np.ndarray:
+        """File bytes → image: (H, W, 3) uint8, or (H, W) for greyscale sources.
 
-    def reconstruct(self, image: ImageLike, level: int) -> np.ndarray:
-        """What decompress(compress(image)) returns, computed without bytes."""
-        return self.decode(self.encode(image, level))
+        ``steps`` > 1 runs that many deterministic DDIM steps (a slower, quality/speed dial);
+        ``steps=1`` is OSCAR's one-step decoder.
+        """
+        return self.decode(self.unpack(data), steps)
+
+    def reconstruct(self, image: ImageLike, level: int, steps: int = 1) -> np.ndarray:
+        """What decompress(compress(image), steps) returns, computed without bytes."""
+        return self.decode(self.encode(image, level), steps)

@@ -45,3 +45,41 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so wall-clock timings measure the work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def inference_memory_format(
+    device: torch.device, channels_last: bool | None = None
+) -> torch.memory_format:
+    """Memory format for the VAE's activations: channels-last on CPU unless told otherwise.
+
+    oneDNN's CPU convolutions run natively in channels-last (NHWC); the VAE, whose
+    full-resolution convolutions dominate decoding, is faster that way (BENCHMARKS.md).
+    """
+    if channels_last is None:
+        channels_last = device.type == "cpu"
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def is_accelerator(device: torch.device) -> bool:
+    """True for devices whose kernels run asynchronously (CUDA), whose memory torch counts."""
+    return device.type == "cuda"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_memory_bytes` (no-op on CPU)."""
+    if is_accelerator(device):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def memory_bytes(device: torch.device) -> tuple[int, int] | None:
+    """(allocated now, peak since the last reset) by torch's allocator; None on CPU."""
+    if is_accelerator(device):
+        return torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
+    return None
+
+
+def device_name(device: torch.device) -> str | None:
+    """The accelerator's name (None on CPU)."""
+    if is_accelerator(device):
+        return torch.cuda.get_device_name(device)
+    return None

@@ -77,6 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help=".oscar files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="denoising steps: 1 is OSCAR's one-step decoder; N > 1 runs N deterministic DDIM "
+        "steps from the level's timestep to 0 (slower; same file)",
+    )
     add_model_options(p)
     add_tiling_options(p)
     add_limit_options(p)
@@ -145,7 +153,7 @@ def run_decompress(args: argparse.Namespace) -> int:
 
     def work(job: Job) -> str:
         data = read_input_file(job.source, codec.limits.max_file_bytes)
-        image = codec.decompress(data)
+        image = codec.decompress(data, steps=args.steps)
         save_image(image, job.target, force=args.force)
         return f"{job.source} -> {job.target}: {image.shape[1]}x{image.shape[0]}"
 

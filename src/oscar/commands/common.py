@@ -37,7 +37,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         choices=("auto", "float32", "float16", "bfloat16"),
-        help="inference dtype of the UNet and VAE (auto: float32); files decode in any dtype",
+        help="inference dtype of the UNet and VAE (auto: float32, the reference); bfloat16 is "
+        "faster on CPUs with AVX-512 BF16 and changes pixels slightly (and the bytes, when "
+        "compressing); files decode in any dtype",
     )
 
 
@@ -85,10 +87,12 @@ def positive_int(text: str) -> int:
 
 def load_codec(args: argparse.Namespace):
     """An OscarCodec from the common model options (imports torch lazily)."""
+    from oscar.allocator import tune_cpu_allocator
     from oscar.bitstream import Limits
     from oscar.codec import OscarCodec
     from oscar.tiling import parse_memory
 
+    tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.allocator)
     limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
     max_memory = getattr(args, "max_memory", None)
     return OscarCodec.from_pretrained(

@@ -22,7 +22,13 @@ from torch import nn
 from oscar.config import ModelConfig
 from oscar.models.hyper import HyperCoder
 from oscar.models.norms import channel_rms, dequantize_rms, quantize_rms, rescale_channels
-from oscar.models.schedule import NoiseSchedule, x0_estimate
+from oscar.models.schedule import (
+    NoiseSchedule,
+    ddim_step,
+    ddim_timesteps,
+    epsilon_estimate,
+    x0_estimate,
+)
 from oscar.rates import VAE_FACTOR, RateLevel
 from oscar.tiling import Tiling, tiled_map
 
@@ -131,14 +137,26 @@ class OscarModel(nn.Module):
         return tiled_map(run, z_t, stage, align=self.config.unet_downsample)
 
     def denoise(
-        self, z_t: torch.Tensor, timestep: int, tiles: Tiling | None = None
+        self, z_t: torch.Tensor, timestep: int, tiles: Tiling | None = None, *, steps: int = 1
     ) -> torch.Tensor:
-        """One-step x0 estimate y_hat (float32) from z_t at pseudo-timestep ``timestep``."""
-        t = torch.full((z_t.shape[0],), timestep, dtype=torch.long, device=z_t.device)
-        out = self.unet_output(z_t, t, tiles)
-        return x0_estimate(
-            out, z_t.float(), self.schedule.alpha_bar(timestep), self.schedule.prediction_type
-        )
+        """x0 estimate y_hat (float32) from z_t at pseudo-timestep ``timestep``.
+
+        ``steps=1`` is OSCAR's one UNet pass. ``steps=N`` runs N deterministic DDIM steps
+        (η = 0, no noise drawn) at ``ddim_timesteps(timestep, N)`` and returns the last x0
+        estimate (models/schedule.py); its first step is the one-step pass.
+        """
+        prediction_type = self.schedule.prediction_type
+        timesteps = ddim_timesteps(timestep, steps)
+        z = z_t.float()
+        for i, t_i in enumerate(timesteps):
+            t = torch.full((z.shape[0],), t_i, dtype=torch.long, device=z.device)
+            out = self.unet_output(z, t, tiles)
+            alpha_bar = self.schedule.alpha_bar(t_i)
+            y_hat = x0_estimate(out, z, alpha_bar, prediction_type)
+            if i + 1 < len(timesteps):
+                epsilon = epsilon_estimate(out, z, alpha_bar, prediction_type)
+                z = ddim_step(y_hat, epsilon, self.schedule.alpha_bar(timesteps[i + 1]))
+        return y_hat
 
     # ------------------------------------------------------------------------ whole paths
     def decode_indices(
@@ -147,11 +165,13 @@ class OscarModel(nn.Module):
         rms_codes: torch.Tensor,
         level: int,
         tiles: Tiling | None = None,
+        *,
+        steps: int = 1,
     ) -> torch.Tensor:
         """indices (B,h,w) + RMS codes (B,4) → x_hat (B,3,8h',8w') in [-1,1] (padded size)."""
         y_tilde = self.hyper_coder(level).decode(indices)
         z_t = self.to_noisy_latent(y_tilde, rms_codes)
-        y_hat = self.denoise(z_t, self.rate(level).timestep, tiles)
+        y_hat = self.denoise(z_t, self.rate(level).timestep, tiles, steps=steps)
         return self.decode_latent(y_hat, tiles)
 
     def forward(self, x: torch.Tensor, level: int) -> OscarOutput:

@@ -1,9 +1,20 @@
-"""Noise schedule and the one-step x0 estimate (method.md §1, §4).
+"""Noise schedule, the one-step x0 estimate and multi-step DDIM (method.md §1, §4).
 
 The schedule is read from a diffusers scheduler config (beta schedule, number of steps,
 ``prediction_type``); diffusers computes ᾱ_t, we only read it. The x0 formula is written out
 instead of calling ``scheduler.step``, whose previous-timestep lookup fails for a lone t in
 recent diffusers (shared/reference/official-checkpoint.md §5).
+
+Multi-step decoding (``oscar decompress --steps N``) walks from the level's pseudo-timestep t_L
+down to 0 with N deterministic DDIM steps (η = 0: no noise is drawn). The UNet is evaluated at
+``ddim_timesteps(t_L, N)``, N timesteps evenly spaced in t (the "trailing" spacing of diffusers,
+anchored at t_L instead of T − 1)::
+
+    τ_k = round(t_L · (N − k) / N),  k = 0 … N − 1        e.g. t_L = 150, N = 4: 150, 113, 75, 38
+
+and the last step returns its x0 estimate (the jump to ᾱ = 1). With N = 1 this is exactly the
+one-step decoder. Even spacing in t keeps the first step at t_L, where the decoded latent lives,
+and spends the steps where ᾱ changes, as the DDIM paper's linear spacing does.
 """
 
 from __future__ import annotations
@@ -104,3 +115,24 @@ def epsilon_estimate(
     if prediction_type == "sample":
         return (z_t - sqrt_ab * model_output) / sqrt_one_minus.clamp_min(1e-8)
     raise ValueError(f"unknown prediction type {prediction_type!r}")
+
+
+def ddim_timesteps(start: int, steps: int) -> tuple[int, ...]:
+    """The N = ``steps`` timesteps of a DDIM walk from ``start`` (= t_L) down to 0, descending.
+
+    τ_k = round(start · (N − k) / N) for k = 0 … N − 1 (halves round up), so τ_0 = start and
+    the values are distinct; N may be at most ``max(start, 1)``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if steps > max(start, 1):
+        raise ValueError(f"at most {max(start, 1)} steps from timestep {start}, got {steps}")
+    return tuple((2 * start * (steps - k) + steps) // (2 * steps) for k in range(steps))
+
+
+def ddim_step(
+    y_hat: torch.Tensor, epsilon: torch.Tensor, alpha_bar_next: float | torch.Tensor
+) -> torch.Tensor:
+    """Deterministic DDIM update (η = 0): z_next = √ᾱ_next·ŷ + √(1−ᾱ_next)·ε̂."""
+    ab = torch.as_tensor(alpha_bar_next, dtype=torch.float32, device=y_hat.device)
+    return ab.sqrt().to(y_hat.dtype) * y_hat + (1 - ab).sqrt().to(y_hat.dtype) * epsilon

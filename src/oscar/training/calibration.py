@@ -51,7 +51,8 @@ def measure_cosines(
     from oscar.codec import OscarCodec
     from oscar.pretrained import LoadedModel
 
-    codec = OscarCodec(LoadedModel.from_model(model), device=device)
+    # optimize=False: the inference tuning would change the layout of the model being trained
+    codec = OscarCodec(LoadedModel.from_model(model), device=device, optimize=False)
     found: dict[int, list[float]] = {lv: [] for lv in levels}
     for path in tqdm(images, desc="calibrating", unit="img", disable=not progress):
         y, codes = codec.encode_latent(codec.prepare_image(path))

@@ -232,7 +232,7 @@ def _run_tool_stage(ctx: LoopContext, model: OscarModel, priors, record: dict) -
         from oscar.pretrained import LoadedModel
         from oscar.prior_fitting import fit_priors
 
-        codec = OscarCodec(LoadedModel.from_model(model), device=ctx.device)
+        codec = OscarCodec(LoadedModel.from_model(model), device=ctx.device, optimize=False)
         levels = None if sc.levels == "all" else list(sc.levels)
         fitted, reports = fit_priors(codec, list_images(config.data.train), levels)
         if priors is not None:  # keep the tables of levels not refitted

@@ -117,7 +117,11 @@ class Stage:
         was_training = self.model.training
         self.model.eval()
         try:
-            codec = OscarCodec(LoadedModel.from_model(self.model), device=self.ctx.device)
+            # optimize=False: channels-last weights and in-place VAE blocks are for inference;
+            # the model goes on training (optimiser state, DDP buckets keep their strides).
+            codec = OscarCodec(
+                LoadedModel.from_model(self.model), device=self.ctx.device, optimize=False
+            )
             save_dir = self.ctx.stage_dir / "samples" / f"step-{step:07d}"
             records = evaluate_oscar(
                 codec,

@@ -1,0 +1,74 @@
+"""benchmarks/run.py: one command runs the groups and rewrites BENCHMARKS.md from their JSON."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+
+import pytest
+
+from conftest import ROOT
+from oscar.cli import build_parser
+from oscar.cli import main as oscar_main
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run_script():
+    return _load("run.py")
+
+
+def test_groups_are_the_ones_rendered(run_script):
+    render = _load("render.py")
+    assert tuple(run_script.GROUPS) == render.GROUP_NAMES
+    parser = build_parser()
+    for _, args, quick in run_script.GROUPS.values():  # every group is a valid oscar bench call
+        for argv in (args, quick or args):
+            assert parser.parse_args(["bench", *argv, "--model", "M"]).sizes
+
+
+def test_render_fills_every_field(run_script, tiny_model_dir, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    argv = ["bench", "--model", str(tiny_model_dir), "--sizes", "64x48", "--steps", "1,20"]
+    argv += ["--repeats", "1", "--warmup", "0", "--no-isolate"]
+    assert oscar_main([*argv, "-o", str(results / "main.json")]) == 0
+    doc = json.loads((results / "main.json").read_text())
+    doc["results"][0]["config"].update(width=768, height=512)  # as if measured at that size
+    (results / "main.json").write_text(json.dumps(doc))
+    four_k = copy.deepcopy(doc)
+    four_k["results"][0]["config"].update(width=3840, height=2160)
+    (results / "sizes-4k.json").write_text(json.dumps(four_k))
+    out = tmp_path / "BENCHMARKS.md"
+    assert run_script.main(["--render-only", "--results", str(results), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "{{" not in text and "whether the machine was idle is unknown" in text.lower()
+    assert "decode 768×512 (median)" in text and "3840×2160 decode" in text
+    assert "20-step/1-step ratio" in text and "_Not run._" in text  # groups not run say so
+
+
+@pytest.mark.slow
+def test_one_command_runs_and_records(run_script, tiny_model_dir, tmp_path):
+    results, out = tmp_path / "results", tmp_path / "B.md"
+    argv = ["--model", str(tiny_model_dir), "--quick", "--groups", "batch"]
+    assert run_script.main([*argv, "--results", str(results), "--output", str(out)]) == 0
+    run = json.loads((results / "run.json").read_text())
+    assert run["quick"] and "given with `--model`" in run["model"] and run["git"]["commit"]
+    assert (run["level"], run["timestep"]) == (7, 150)  # tiny: the highest rate allows 20 steps
+    (group,) = run["groups"]
+    assert group["group"] == "batch" and group["elapsed_s"] > 0 and group["own_cpu_s"] > 0
+    assert group["others_share"] >= 0
+    batch = json.loads((results / "batch.json").read_text())
+    assert [r["config"]["batch"] for r in batch["results"]] == [1, 2]
+    text = out.read_text()
+    assert "Smoke run" in text and "- Model: the model directory given" in text
+    assert "took" in text and "Other processes' share of the CPU" in text
+    flat = " ".join(text.split())
+    assert "level 7, the highest-rate level whose pseudo-timestep (t = 150)" in flat
