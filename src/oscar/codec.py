@@ -114,7 +114,7 @@ class OscarCodec:
     def __init__(
         self,
         loaded: LoadedModel,
-        device: torch.device | None = None,
+        device: torch.device | str | None = None,
         limits: Limits | None = None,
         tile_size: int | None = None,
         max_memory: int | None = None,
@@ -122,7 +122,7 @@ class OscarCodec:
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
-        self.device = device or next(self.model.parameters()).device
+        self.device = torch.device(device) if device else next(self.model.parameters()).device
         self.model.to(self.device)
         # The networks' inference dtype (UNet; the VAE's too, unless float16 keeps it float32:
         # oscar.pretrained); hyper-coders, latents and side info stay float32.
