@@ -127,3 +127,12 @@ def test_corrupt_files_raise_bitstream_errors_only(tiny_codec):
             mutated[int(rng.integers(0, len(mutated)))] ^= 1 << int(rng.integers(0, 8))
         with pytest.raises(BitstreamError):
             tiny_codec.decompress(bytes(mutated))
+
+
+def test_the_constructor_takes_a_device_name(tiny_codec):
+    codec = OscarCodec(tiny_codec.loaded, device="cpu")
+    assert codec.device.type == "cpu"
+    image = make_image(40, 56, seed=3)
+    assert np.array_equal(
+        codec.decompress(codec.compress(image, 2)), tiny_codec.reconstruct(image, 2)
+    )

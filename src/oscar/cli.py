@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OscarError as exc:
         print(f"oscar: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # disk full, permissions: the environment, not a bug; still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"oscar: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("oscar: interrupted", file=sys.stderr)
         return 130

@@ -45,7 +45,6 @@ from oscar.errors import (
     FingerprintMismatchError,
     ImageError,
     MalformedError,
-    ModelError,
     OscarError,
 )
 from oscar.io import (
@@ -115,7 +114,7 @@ class OscarCodec:
     def __init__(
         self,
         loaded: LoadedModel,
-        device: torch.device | None = None,
+        device: torch.device | str | None = None,
         limits: Limits | None = None,
         tile_size: int | None = None,
         max_memory: int | None = None,
@@ -123,7 +122,7 @@ class OscarCodec:
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
-        self.device = device or next(self.model.parameters()).device
+        self.device = torch.device(device) if device else next(self.model.parameters()).device
         self.model.to(self.device)
         # The networks' inference dtype (UNet; the VAE's too, unless float16 keeps it float32:
         # oscar.pretrained); hyper-coders, latents and side info stay float32.
@@ -218,10 +217,11 @@ class OscarCodec:
     def prepare_image(self, image: ImageLike) -> SourceImage:
         """Apply the input policy (files are read with the pixel limit)."""
         if isinstance(image, SourceImage):
-            return image
-        if isinstance(image, (str, Path)):
-            return load_image(image, max_pixels=self.limits.max_pixels)
-        source = to_rgb(image)
+            source = image
+        elif isinstance(image, (str, Path)):
+            source = load_image(image, max_pixels=self.limits.max_pixels)
+        else:
+            source = to_rgb(image)
         if source.height * source.width > self.limits.max_pixels:
             raise ImageError(
                 f"image of {source.height}x{source.width} exceeds {self.limits.max_pixels} pixels"
@@ -296,13 +296,20 @@ class OscarCodec:
             return [self._fixed] + ([self._prior] if has_table else [])
         raise ConfigError(f"unknown coder {coder!r}: use auto, entropy or fixed")
 
-    def _coder_for_id(self, coder_id: int) -> IndexCoder:
+    def _coder_for_id(self, coder_id: int, level: int) -> IndexCoder:
+        """The coder a file names. A model's own files cannot name a prior it lacks (its
+        fingerprint covers its priors), so such a file is at fault: a BitstreamError like every
+        other defect of a file."""
         if coder_id == FIXED_CODER_ID:
             return self._fixed
         if coder_id == PRIOR_CODER_ID:
             if self._prior is None:
-                raise ModelError(
+                raise MalformedError(
                     "this file is entropy-coded but the model has no priors (priors.safetensors)"
+                )
+            if level not in self._prior.priors.tables:
+                raise MalformedError(
+                    f"this file is entropy-coded but the model has no prior for level {level}"
                 )
             return self._prior
         raise MalformedError(f"unknown index-coder id {coder_id}")
@@ -384,7 +391,7 @@ class OscarCodec:
         header = container.header
         rate = self.rate(header.level)
         h, w = self.token_grid(header.height, header.width, header.level)
-        coder = self._coder_for_id(header.coder_id)
+        coder = self._coder_for_id(header.coder_id, header.level)
         if len(container.payload) > coder.max_payload_bytes(h * w, rate):
             raise MalformedError(
                 f"payload of {len(container.payload)} bytes is longer than {h * w} tokens allow"

@@ -119,8 +119,22 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         validate_ladder(self.levels)
+        if isinstance(self.prompt_length, bool) or not isinstance(self.prompt_length, int):
+            raise ConfigError(f"prompt_length must be an integer, got {self.prompt_length!r}")
         if self.prompt_length < 1:
             raise ConfigError(f"prompt_length must be >= 1, got {self.prompt_length}")
+        if self.base_model is not None and not isinstance(self.base_model, str):
+            raise ConfigError(f"base_model must be a path or null, got {self.base_model!r}")
+        steps = self.scheduler.get("num_train_timesteps", 1000)
+        # Bounded: the schedule's arrays have this length (SD uses 1000).
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100_000:
+            raise ConfigError(f"scheduler.num_train_timesteps must be in 1..100000, got {steps!r}")
+        for lv in self.levels:
+            if lv.timestep >= steps:
+                raise ConfigError(
+                    f"level {lv.level}: timestep {lv.timestep} is outside the schedule's "
+                    f"{steps} steps"
+                )
         latent = self.vae.get("latent_channels", 4)
         if latent != 4:
             # File format v1 carries exactly four channel norms (docs/format.md).
@@ -215,13 +229,13 @@ class ModelConfig:
     def from_json_file(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge integers, deep nesting
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
         try:
             return cls.from_dict(data)
         except ConfigError as exc:

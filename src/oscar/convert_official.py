@@ -53,7 +53,6 @@ from oscar.diffusers_io import (
     find_weights,
     public_config,
     read_json,
-    state_problems,
 )
 from oscar.errors import ConfigError, ModelError
 from oscar.models.hyper import HyperCoder
@@ -65,6 +64,7 @@ from oscar.models.lora import (
     lora_target_names,
 )
 from oscar.rates import RateLevel
+from oscar.safe_build import state_problems
 
 logger = logging.getLogger(__name__)
 

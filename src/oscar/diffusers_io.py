@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from oscar.errors import ModelError
+from oscar.safe_build import build_on_meta, state_problems
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 WEIGHTS_FILE = f"{WEIGHTS_NAME}.safetensors"
@@ -46,8 +47,10 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         raise ModelError(f"{what} is missing: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{what} at {path} is not readable JSON: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, bad UTF-8 and integers of over 4300 digits;
+        # RecursionError, nesting too deep for the parser.
+        raise ModelError(f"{what} at {path} is not readable JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ModelError(f"{what} at {path} must hold a JSON object")
     return data
@@ -198,36 +201,18 @@ def check_finite(state: Mapping[str, torch.Tensor], where: Path) -> None:
             raise ModelError(f"{where}: tensor {name!r} holds NaN or infinite values")
 
 
-def state_problems(
-    expected: Mapping[str, torch.Tensor | torch.Size], state: Mapping[str, torch.Tensor]
-) -> list[str]:
-    """Readable differences between an expected key → shape map and a state dict."""
+def build_empty(
+    cls: type, config: Mapping[str, Any], budget: int | None = None, what: str | None = None
+) -> torch.nn.Module:
+    """A diffusers model built on the meta device: shapes only, no memory, no random init.
 
-    def shape(v: torch.Tensor | torch.Size) -> tuple[int, ...]:
-        return tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
-
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k} (file {tuple(state[k].shape)}, model {shape(expected[k])})"
-        for k in set(state) & set(expected)
-        if tuple(state[k].shape) != shape(expected[k])
+    With ``budget`` (the elements its weights hold), building stops once the module registers
+    more: a config must not decide how much is allocated, not even in module objects
+    (``"layers_per_block": 2147483648`` would build for ever). Any failure is one ModelError.
+    """
+    return build_on_meta(
+        lambda: cls.from_config(public_config(config)), budget, what or cls.__name__
     )
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if items:
-            shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
-            problems.append(f"{label}: {shown}")
-    return problems
-
-
-def build_empty(cls: type, config: Mapping[str, Any]) -> torch.nn.Module:
-    """A diffusers model built on the meta device: shapes only, no memory, no random init."""
-    try:
-        with torch.device("meta"):
-            return cls.from_config(public_config(config))
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot build {cls.__name__} from its config: {exc}") from exc
 
 
 def load_into_empty(
@@ -255,5 +240,6 @@ def load_part(cls: type, folder: Path, what: str) -> tuple[torch.nn.Module, dict
     if declared != cls.__name__:
         raise ModelError(f"{folder}: expected a {cls.__name__}, config declares {declared}")
     state, path = read_weights(folder, what)
-    module = load_into_empty(build_empty(cls, config), state, path)
+    budget = sum(t.numel() for t in state.values())
+    module = load_into_empty(build_empty(cls, config, budget, f"{what} ({folder})"), state, path)
     return module, state, config

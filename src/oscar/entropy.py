@@ -110,6 +110,15 @@ class PriorCoder:
     def max_payload_bytes(self, count: int, rate: RateLevel) -> int:
         return 4 * (math.ceil(count * _MAX_BITS_PER_SYMBOL / 32) + 2)
 
+    def min_payload_bytes(self, count: int, rate: RateLevel) -> int:
+        """No coding of ``count`` tokens is shorter: each costs at least -log2 of the largest
+        probability (with a margin for constriction's 24-bit quantisation), and the encoder
+        writes every word, zero words included. Checked before decoding, so that a few bytes
+        cannot announce millions of tokens (constriction decodes missing data as zeros)."""
+        p_max = float(self.priors.probabilities(rate.level).max())
+        bits = count * -math.log2(min(1.0, p_max * (1 + 1e-3) + 2**-20))
+        return 4 * max(0, math.floor((bits - 64) / 32))
+
     def encode(self, indices: np.ndarray, rate: RateLevel) -> bytes:
         flat = _check_indices(indices, rate).astype(np.int32)
         encoder = constriction.stream.queue.RangeEncoder()
@@ -126,6 +135,11 @@ class PriorCoder:
                 f"entropy-coded payload of {len(payload)} bytes is longer than {count} "
                 "tokens can produce"
             )
+        if len(payload) < self.min_payload_bytes(count, rate):
+            raise MalformedError(
+                f"entropy-coded payload of {len(payload)} bytes is shorter than {count} "
+                f"tokens can produce (at least {self.min_payload_bytes(count, rate)})"
+            )
         words = np.frombuffer(payload, dtype=">u4").astype(np.uint32)
         model = self._model(rate)
         try:
@@ -135,4 +149,16 @@ class PriorCoder:
             if isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError)):
                 raise
             raise MalformedError(f"entropy-coded payload is corrupt: {exc}") from None
-        return np.asarray(indices, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        in_range = not count or (indices.min() >= 0 and indices.max() < rate.codebook_size)
+        if indices.size != count or not in_range:
+            raise MalformedError("entropy-coded payload decodes to indices outside the codebook")
+        # constriction's decoder reads past the end of its data as zero bits and leaves unread
+        # words alone, so many payloads (a truncated one, one with words appended) decode to the
+        # same indices. Only the one the encoder writes is accepted: a file has one reading.
+        if self.encode(indices, rate) != payload:
+            raise MalformedError(
+                "entropy-coded payload is not the encoder's coding of the indices it decodes to "
+                "(truncated, padded or altered)"
+            )
+        return indices

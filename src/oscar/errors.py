@@ -28,6 +28,10 @@ class OutputExistsError(OscarError):
     """An output file exists and overwriting was not allowed."""
 
 
+class OutputError(OscarError):
+    """An output cannot be written (folder not writable, disk full, ...); nothing was left."""
+
+
 class BitstreamError(OscarError, ValueError):
     """Base class of every error raised while reading a compressed file."""
 

@@ -12,15 +12,28 @@ Input policy (what ``load_image`` / ``to_rgb`` do with each kind of image):
 - CMYK, YCbCr, LAB, HSV: converted to RGB by Pillow (no ICC colour management).
 - EXIF orientation: applied, so the image is coded upright as viewers show it.
 - Animated images: the first frame.
+- Float images (TIFF mode F, float arrays): NaN becomes 0.
+
+Refused, each with one ImageError naming the file: files that are not images, empty, truncated
+or zero-sized; images over the pixel limit (checked from the header, before any pixel is
+decoded: decompression bombs cost nothing); formats outside ``READ_FORMATS`` whatever the file's
+name (Pillow has readers that run other programs, such as EPS through Ghostscript). Sides over
+65535 are refused by the codec (format v1 stores 16-bit sides).
 
 Sizes: any size from 1×1 up to the pixel limit; images are padded (edge replication) to the
 level's multiple, never resized, and the decoder crops back to the original size.
+
+Outputs are written atomically (``atomic_output``): a temporary file beside the target, synced,
+then renamed; any failure (an exception, an interruption, a full disk, a folder that cannot be
+written) leaves the target as it was and no temporary file, and OSErrors become one OutputError.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from oscar.errors import ImageError, OutputExistsError
+from oscar.errors import ImageError, OutputError, OutputExistsError
 
 DEFAULT_MAX_PIXELS = 16384 * 16384
 
@@ -54,7 +67,8 @@ class SourceImage:
 
 
 def _to_uint8(array: np.ndarray, maximum: float) -> np.ndarray:
-    return np.clip(np.rint(array.astype(np.float64) * (255.0 / maximum)), 0, 255).astype(np.uint8)
+    values = np.nan_to_num(array.astype(np.float64), nan=0.0)  # NaN (float TIFFs) → black
+    return np.clip(np.rint(values * (255.0 / maximum)), 0, 255).astype(np.uint8)
 
 
 def _white_composite(image: Image.Image) -> Image.Image:
@@ -75,7 +89,8 @@ def to_rgb(image: Image.Image | np.ndarray) -> SourceImage:
         return SourceImage(np.repeat(grey[:, :, None], 3, axis=2), grey=True)
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        maximum = 65535.0 if (mode.startswith("I;16") or values.max(initial=0) > 255) else 255.0
+        largest = values[np.isfinite(values)].max(initial=0)
+        maximum = 65535.0 if (mode.startswith("I;16") or largest > 255) else 255.0
         grey = _to_uint8(values, maximum)
         return SourceImage(np.repeat(grey[:, :, None], 3, axis=2), grey=True)
     if mode in ("LA", "La"):
@@ -85,7 +100,10 @@ def to_rgb(image: Image.Image | np.ndarray) -> SourceImage:
         return SourceImage(np.asarray(_white_composite(image)))
     if mode == "RGB":
         return SourceImage(np.asarray(image, dtype=np.uint8))
-    return SourceImage(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    try:
+        return SourceImage(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    except ValueError as exc:  # a mode Pillow cannot convert (e.g. LAB in some builds)
+        raise ImageError(f"cannot convert image mode {mode} to RGB: {exc}") from None
 
 
 def _array_to_rgb(array: np.ndarray) -> SourceImage:
@@ -153,40 +171,78 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops.get(orientation, lambda a: a)(array))
 
 
+# Formats we read: those the suffixes in oscar.filetypes name. A file is identified by its
+# content, not its name, so the list is enforced when opening: Pillow knows some forty more,
+# some of which run other programs (EPS calls Ghostscript) or see little fuzzing.
+READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "TIFF", "PPM", "GIF", "AVIF", "JXL")
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _open_limited(path: Path, max_pixels: int) -> Image.Image:
+    """Image.open restricted to READ_FORMATS, with Pillow's own bomb check at our limit.
+
+    Pillow refuses images over 2 · Image.MAX_IMAGE_PIXELS (179 M pixels by default) while it
+    parses the header, and before the few allocations some formats make while opening (a GIF
+    frame's disposal area). Left alone, that would override ``max_pixels`` both ways; so while
+    the header is read the setting is ``max_pixels / 2`` (Pillow refuses above ``max_pixels``)
+    and then restored: a scoped change, under a lock.
+    """
+    Image.init()
+    formats = [f for f in READ_FORMATS if f in Image.OPEN]
+    with _PILLOW_LIMIT_LOCK, warnings.catch_warnings():
+        # Pillow warns above MAX_IMAGE_PIXELS, half our limit: not a problem of ours.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels / 2  # type: ignore[assignment]
+        try:
+            return Image.open(path, formats=formats)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> SourceImage:
-    """Read an image file and apply the input policy; refuses images over ``max_pixels``."""
+    """Read an image file and apply the input policy; refuses images over ``max_pixels``.
+
+    The size is checked from the header, before any pixel is decoded. Every failure (missing,
+    unreadable, truncated, unsupported, too large) is one :class:`ImageError` naming the file.
+    """
     path = Path(path)
+    refused = f"the limit of {max_pixels} (refused before decoding; raise it with --max-pixels)"
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb warning: our limit below is the one that decides.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width < 1 or height < 1:
-                    raise ImageError(f"{path}: image has no pixels ({width}x{height})")
-                if width * height > max_pixels:
-                    raise ImageError(
-                        f"{path}: {width}x{height} pixels exceed the limit of {max_pixels} "
-                        "(raise it with --max-pixels)"
-                    )
-                exact = _exact_16bit_rgb(image, path)
-                if exact is not None:
-                    return _array_to_rgb(exact)
-                image = ImageOps.exif_transpose(image)
-                image.load()
-                return to_rgb(image)
+        with _open_limited(path, max_pixels) as image:
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise ImageError(f"{path}: image has no pixels ({width}x{height})")
+            if width * height > max_pixels:
+                raise ImageError(f"{path}: {width}x{height} pixels exceed {refused}")
+            exact = _exact_16bit_rgb(image, path)
+            if exact is not None:
+                return _array_to_rgb(exact)
+            image = ImageOps.exif_transpose(image)
+            image.load()
+            return to_rgb(image)
     except ImageError:
         raise
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused as a decompression bomb: {exc}") from None
+        count = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{count.group(1)} pixels" if count else "image pixels"
+        raise ImageError(f"{path}: {pixels} exceed {refused}") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode image: {exc}") from None
+        raise ImageError(
+            f"{path}: not an image file in a format oscar reads ({', '.join(READ_FORMATS)})"
+        ) from None
+    except MemoryError:
+        raise ImageError(f"{path}: out of memory while decoding the image") from None
+    except Exception as exc:
+        # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, EOFError,
+        # IndexError, ... on hostile files; each is one clear error here, not a traceback.
+        raise ImageError(f"{path}: cannot decode image: {type(exc).__name__}: {exc}") from None
 
 
 def grey_from_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -226,30 +282,76 @@ def crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- writing
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _create_temp(path: Path) -> Path:
+    """An empty new file beside ``path``, created with the usual permissions (0666 & ~umask;
+    tempfile.mkstemp would make it 0600, and the rename would keep that)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (and best effort, its folder) to disk, so the rename never exposes an empty
+    file after a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not every file system can sync a folder; the data itself is synced
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it into place.
+    """Yield a temporary path beside ``path``; on success sync it and rename it into place.
 
     Nothing appears at ``path`` unless the block finishes; an existing file is kept unless
-    ``force``. The temporary file is removed on any failure.
+    ``force``. The temporary file is removed on any failure, an interruption included. An
+    OSError while creating, writing or renaming (folder not writable, disk full, ...) becomes
+    one :class:`OutputError` naming ``path``.
     """
     path = Path(path)
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} exists; pass --force to overwrite")
     if path.is_dir():
         raise OutputExistsError(f"{path} is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists; pass --force to overwrite")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {_reason(exc)}") from None
     try:
         yield tmp
         if path.exists() and not force:  # appeared while we worked
             raise OutputExistsError(f"{path} exists; pass --force to overwrite")
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {_reason(exc)}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, force: bool = False) -> None:

@@ -64,6 +64,7 @@ from oscar.models.lora import (
 )
 from oscar.models.oscar import OscarModel
 from oscar.priors import IndexPriors
+from oscar.safe_build import check_buildable
 
 MODEL_FILE = "oscar.json"
 PARTS_FILE = "oscar.safetensors"
@@ -368,6 +369,8 @@ def read_config(directory: str | Path, base_model: str | Path | None = None) -> 
     directory = Path(directory)
     meta = _read_meta(directory)
     data = dict(meta["config"])
+    if not isinstance(data.get("base_model"), (str, type(None))):
+        raise ModelError(f"{directory / MODEL_FILE}: base_model must be a path or null")
     base = _base_folder(directory, data.get("base_model"), base_model)
     if base == directory and not (directory / "unet").is_dir() and "base" in meta:
         raise ModelError(
@@ -478,6 +481,18 @@ def load_model(
     digest = fingerprint(config, _named_tensors(vae_state, unet_state, parts, priors))
     del vae_state, unet_state  # the modules own these tensors now
 
+    # The OSCAR parts on the meta device first, within the elements their file holds: the
+    # config (widths, levels, prompt length) must not decide what is allocated.
+    check_buildable(
+        lambda: OscarModel(config, vae=vae, unet=unet),
+        {k: tuple(v.shape) for k, v in parts.items() if not is_unet_key(k)},
+        parts_path,
+        "the OSCAR parts",
+        select=lambda m: {
+            **{f"hyper.{k}": v for k, v in m.hyper.state_dict().items()},
+            "prompt_embedding": m.prompt_embedding,
+        },
+    )
     try:
         model = OscarModel(config, vae=vae, unet=unet)
     except (ConfigError, ValueError, TypeError, RuntimeError) as exc:

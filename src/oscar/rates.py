@@ -10,6 +10,7 @@ rate is always measured from its bytes.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 
 from oscar.errors import ConfigError
@@ -39,6 +40,16 @@ class RateLevel:
     cosine: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("level", "grid_factor", "codebook_size", "timestep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(f"level {self.level!r}: {name} must be an integer, got {value!r}")
+        if self.cosine is not None and (
+            isinstance(self.cosine, bool)
+            or not isinstance(self.cosine, numbers.Real)
+            or not math.isfinite(self.cosine)
+        ):
+            raise ConfigError(f"level {self.level}: cosine must be a finite number or null")
         if not 0 <= self.level <= 255:
             raise ConfigError(f"level must be in 0..255, got {self.level}")
         if self.grid_factor not in ALLOWED_GRID_FACTORS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from oscar.errors import ConfigError, OscarError
 from oscar.filetypes import find_files
+
+logger = logging.getLogger(__name__)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +64,7 @@ def add_tiling_options(parser: argparse.ArgumentParser) -> None:
 def add_limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-pixels",
-        type=int,
+        type=positive_int,
         default=16384 * 16384,
         metavar="N",
         help="refuse images (and files announcing images) larger than N pixels",
@@ -73,7 +76,10 @@ def add_force_option(parser: argparse.ArgumentParser) -> None:
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
@@ -101,18 +107,22 @@ def load_codec(args: argparse.Namespace):
 
 
 def read_input_file(path: Path, max_bytes: int) -> bytes:
-    """Read a file whole, refusing one larger than ``max_bytes`` before reading it."""
+    """Read a file whole, refusing one larger than ``max_bytes`` before reading it (and reading
+    at most ``max_bytes + 1`` bytes, should it grow meanwhile)."""
+    from oscar.errors import LimitExceededError
+
     try:
-        size = path.stat().st_size
-        if not path.is_file():
+        if path.exists() and not path.is_file():  # a folder, a FIFO: never open it
             raise ConfigError(f"{path}: not a file")
-        if size > max_bytes:
-            raise ConfigError(f"{path}: {size} bytes is larger than any valid file ({max_bytes})")
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(min(os.fstat(f.fileno()).st_size, max_bytes) + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise LimitExceededError(f"{path} is larger than any valid file ({max_bytes} bytes)")
+    return data
 
 
 @dataclass(frozen=True)
@@ -172,6 +182,17 @@ def run_batch(jobs: Sequence[Job], work: Callable[[Job], str], desc: str) -> int
             where = "" if text.startswith(str(job.source)) else f"{job.source}: "
             message = f"oscar: error: {where}{text}"
             (bar.write if show_bar else print)(message, file=sys.stderr)
+            continue
+        except Exception as exc:
+            # A bug or an exhausted resource (MemoryError, a torch allocation failure) on one
+            # file: report it with its name and go on with the others; -v shows the traceback.
+            failed += 1
+            logger.info("%s failed with a traceback:", job.source, exc_info=True)
+            message = (
+                f"oscar: error: {job.source}: internal error: {type(exc).__name__}: {exc} "
+                "(run with -v for the traceback)"
+            )
+            (bar.write if show_bar else print)(" ".join(message.split()), file=sys.stderr)
             continue
         (bar.write if show_bar else print)(line)
     if failed and len(jobs) > 1:

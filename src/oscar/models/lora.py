@@ -147,7 +147,7 @@ def check_adapter(
 
     Names and shapes always; with ``values`` also that every tensor is finite floating point.
     """
-    from oscar.diffusers_io import state_problems
+    from oscar.safe_build import state_problems
 
     expected: dict[str, tuple[int, ...]] = dict(expected_lora_shapes(unet, adapter.settings))
     params = dict(unet.named_parameters())
