@@ -28,6 +28,21 @@ def test_save_load_same_output(tmp_path):
             torch.testing.assert_close(a.x_hat, b.x_hat)
 
 
+def test_model_files_get_the_usual_permissions(tmp_path, tiny_model_dir):
+    """safetensors writes its files 0600; a shared model folder must stay readable."""
+    import os
+
+    loaded = load_model(tiny_model_dir)
+    old = os.umask(0o022)
+    try:
+        save_model(loaded.model, tmp_path / "m", priors=loaded.priors)
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "m").rglob("*") if p.is_file()]
+    assert any(p.name == "priors.safetensors" for p in files)
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o644 for p in files}
+
+
 def test_fingerprint_is_stable_and_tracks_weights(tmp_path):
     model = build_tiny_model(3)
     first = save_model(model, tmp_path / "a")

@@ -299,6 +299,15 @@ def _create_temp(path: Path) -> Path:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def give_usual_permissions(path: str | Path) -> None:
+    """Set a file written by a library that creates it private (safetensors' save_file makes
+    0600 files) to 0666 & ~umask, as any other file we write, so shared model folders stay
+    readable."""
+    mask = os.umask(0o022)  # reading the umask means setting it; restored at once
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def _fsync(path: Path) -> None:
     """Flush a file (and best effort, its folder) to disk, so the rename never exposes an empty
     file after a crash."""

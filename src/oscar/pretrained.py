@@ -49,6 +49,7 @@ from oscar.diffusers_io import (
     state_problems,
 )
 from oscar.errors import ConfigError, ModelError
+from oscar.io import give_usual_permissions
 from oscar.models.lora import (
     LORA_PREFIX,
     UnetAdapter,
@@ -203,6 +204,7 @@ def write_model_files(
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in parts.items()}, str(directory / PARTS_FILE)
     )
+    give_usual_permissions(directory / PARTS_FILE)
     meta = _oscar_json(config)
     if base_configs is not None:
         meta["base"] = {k: dict(v) for k, v in base_configs.items()}
@@ -289,6 +291,7 @@ def save_model(
             )
             state = unet_state if name == "unet" and unet_state is not None else part.state_dict()
             save_file(cast(state), str(sub / WEIGHTS_FILE))
+            give_usual_permissions(sub / WEIGHTS_FILE)
         (directory / "scheduler").mkdir(exist_ok=True)
         (directory / "scheduler" / SCHEDULER_FILE).write_text(
             json.dumps(config.scheduler, indent=2) + "\n"

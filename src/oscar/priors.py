@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from oscar.errors import ModelError
+from oscar.io import give_usual_permissions
 from oscar.rates import RateLevel
 
 TABLE_TOTAL = 2**16
@@ -72,6 +73,7 @@ class IndexPriors:
 
     def save(self, path: str | Path) -> None:
         save_file(self.as_tensors(), str(path))
+        give_usual_permissions(path)
 
     @classmethod
     def load(cls, path: str | Path, levels: tuple[RateLevel, ...]) -> IndexPriors:
