@@ -30,6 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render import render  # benchmarks/render.py, beside this file
 
+from oscar.provenance import git_state
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TEMPLATE = ROOT / "benchmarks" / "template.md"
@@ -133,18 +135,6 @@ def cpu_seconds() -> tuple[float | None, float]:
     return busy / os.sysconf("SC_CLK_TCK"), ours
 
 
-def git_state(exclude: list[Path]) -> dict:
-    """Commit and whether tracked files differ from it, not counting this script's outputs."""
-
-    def git(*args: str) -> str | None:
-        proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    outputs = [f":(exclude){p.relative_to(ROOT)}" for p in exclude if ROOT in p.parents]
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status)}
-
-
 def run_groups(
     model: Path, names: list[str], quick: bool, extra: list[str], results: Path
 ) -> list[dict]:
@@ -203,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown groups {sorted(unknown)}; known: {', '.join(GROUPS)}")
     if not args.render_only:
         started, start = datetime.now(timezone.utc), time.monotonic()
-        git = git_state(exclude=[results, output])  # before this run writes anything
+        git = git_state(ROOT, exclude=[results, output])  # before this run writes anything
         with tempfile.TemporaryDirectory(prefix="oscar-bench-model-") as tmp:
             model, source = choose_model(args.model, Path(tmp))
             level, timestep = choose_level(model)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import re
 import resource
 import statistics
@@ -41,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from oscar.provenance import environment, load_average
 from oscar.stages import DECODE_STAGES, ENCODE_STAGES
 
 logger = logging.getLogger(__name__)
@@ -462,100 +461,6 @@ def run_isolated(config: BenchConfig) -> dict[str, Any]:
                 ["--decode-only", payload, str(file)], Path(tmp) / "decode.json"
             )
         return result
-
-
-# ----------------------------------------------------------------------------- environment
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> list[str]:
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "neon")
-    try:
-        match = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
-    except OSError:
-        return []
-    flags = set(match.group(1).split()) if match else set()
-    return [f for f in wanted if f in flags]
-
-
-def _memory_total_gb() -> float | None:
-    try:
-        text = Path("/proc/meminfo").read_text()
-        return int(re.search(r"MemTotal:\s+(\d+) kB", text).group(1)) / 1024**2
-    except (OSError, AttributeError):
-        return None
-
-
-def git_state() -> dict[str, Any]:
-    """Commit of the source tree this package runs from (if it is a git checkout)."""
-    root = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(
-                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    branch = git("rev-parse", "--abbrev-ref", "HEAD")
-    return {"commit": commit, "dirty": bool(status), "branch": branch}
-
-
-def environment(device_name: str = "auto") -> dict[str, Any]:
-    """Machine, library versions and source commit, for the results file."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    from oscar.device import device_name as accelerator_name
-    from oscar.device import resolve_device
-
-    versions = {"python": platform.python_version()}
-    for package in ("oscar-codec", "torch", "diffusers", "numpy", "constriction", "safetensors"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    device = resolve_device(device_name)
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    return {
-        "machine": {
-            "cpu": _cpu_model(),
-            "logical_cpus": os.cpu_count(),
-            "usable_cpus": affinity,
-            "torch_threads": torch.get_num_threads(),
-            "cpu_flags": _cpu_flags(),
-            "memory_gb": _memory_total_gb(),
-            "os": platform.platform(),
-            "accelerator": accelerator_name(device),
-            "cuda": torch.version.cuda,
-        },
-        "versions": versions,
-        "git": git_state(),
-    }
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def run_benchmark(configs: Sequence[BenchConfig], isolate: bool, progress=None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +29,7 @@ from oscar.errors import ConfigError
 from oscar.models.oscar import OscarModel
 from oscar.pretrained import load_model, model_on_base, save_model
 from oscar.priors import IndexPriors
+from oscar.provenance import cpu_model
 from oscar.training.config import TRAINING_KINDS, StageConfig, TrainConfig
 from oscar.training.loop import (
     EMA,
@@ -58,18 +59,12 @@ def _hardware(accelerator) -> dict[str, Any]:
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": f"{cpu_model()} x{os.cpu_count()}",
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     if accelerator.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(accelerator.device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        info["cpu"] = f"{names[0]} x{len(names)}" if names else info["cpu"]
-    except OSError:
-        pass
     return info
 
 

@@ -1,0 +1,125 @@
+"""Where a number was measured: machine, library versions, source commit.
+
+Shared by ``oscar bench`` (results files), training (each stage's ``done.json``) and
+``benchmarks/run.py``, so that every record names its machine the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when running from one
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions that decide CPU speed (and which dtypes pay), where known."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "neon")
+    try:
+        match = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        return []
+    flags = set(match.group(1).split()) if match else set()
+    return [f for f in wanted if f in flags]
+
+
+def memory_total_gb() -> float | None:
+    try:
+        text = Path("/proc/meminfo").read_text()
+        return int(re.search(r"MemTotal:\s+(\d+) kB", text).group(1)) / 1024**2
+    except (OSError, AttributeError):
+        return None
+
+
+def usable_cpus() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count()
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def git_state(root: Path = SOURCE_ROOT, exclude: Sequence[Path] = ()) -> dict[str, Any]:
+    """Commit of the checkout at ``root`` and whether tracked files differ from it (files under
+    ``exclude``, such as a script's own outputs, not counted); ``{"commit": None}`` outside one."""
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None}
+    root = root.resolve()
+    outputs = [
+        f":(exclude){Path(p).resolve().relative_to(root)}"
+        for p in exclude
+        if root in Path(p).resolve().parents
+    ]
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    return {"commit": commit, "dirty": bool(status), "branch": branch}
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("oscar-codec", "torch", "diffusers", "numpy", "constriction", "safetensors"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def environment(device_name: str = "auto") -> dict[str, Any]:
+    """Machine, library versions and source commit, for a results file."""
+    import torch
+
+    from oscar.device import device_name as accelerator_name
+    from oscar.device import resolve_device
+
+    device = resolve_device(device_name)
+    return {
+        "machine": {
+            "cpu": cpu_model(),
+            "logical_cpus": os.cpu_count(),
+            "usable_cpus": usable_cpus(),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_flags": cpu_flags(),
+            "memory_gb": memory_total_gb(),
+            "os": platform.platform(),
+            "accelerator": accelerator_name(device),
+            "cuda": torch.version.cuda,
+        },
+        "versions": library_versions(),
+        "git": git_state(),
+    }
