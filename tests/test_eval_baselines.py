@@ -17,7 +17,8 @@ from oscar.evaluation.baselines import (
     match_rate,
     upscale,
 )
-from oscar.evaluation.bdrate import bd_rate
+from oscar.evaluation.bdrate import bd_rate, curves
+from oscar.evaluation.records import Aggregate
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,36 @@ def test_published_csv(tmp_path):
     bad.write_text("codec,bpp,metric,value\nX,0.1,sharpness,3\n")
     with pytest.raises(ConfigError, match="unknown metric 'sharpness'"):
         read_published(bad)
+
+
+def _aggregate(codec, kind, level, images, bpp, psnr, statuses=None):
+    return Aggregate(
+        codec=codec,
+        kind=kind,
+        level=level,
+        quality=None,
+        setting=f"level {level}",
+        images=images,
+        bpp=bpp,
+        bpp_pooled=bpp,
+        bytes_mean=100.0,
+        overhead_bytes_mean=None,
+        target_bpp=bpp,
+        metrics={"psnr": psnr},
+        counts={"psnr": images},
+        statuses=statuses or {"ok": images},
+    )
+
+
+def test_curves_join_only_means_over_every_image():
+    """A down-scaled variant used on 2 of 7 images at a level must not extend its curve."""
+    ours = [_aggregate("oscar", "level", lv, 7, 0.01 * (lv + 1), 20.0 + lv) for lv in range(4)]
+    down = [
+        _aggregate("jpeg-down2", "matched", 0, 7, 0.01, 22.0),
+        _aggregate("jpeg-down2", "matched", 1, 7, 0.02, 25.0),
+        _aggregate("jpeg-down2", "matched", 2, 2, 0.03, 19.0),  # two hard images only
+        _aggregate("jpeg-down2", "matched", 3, 7, 0.04, 28.0, {"ok": 6, "floor": 1}),
+    ]
+    found = curves(ours + down)
+    assert [a.level for a in found["oscar"]] == [0, 1, 2, 3]
+    assert [a.level for a in found["jpeg-down2"]] == [0, 1]

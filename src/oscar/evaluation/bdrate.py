@@ -40,12 +40,17 @@ def curves(aggregates: Sequence[Aggregate]) -> dict[str, list[Aggregate]]:
 
     Ours: one point per level. A baseline: its sweep (fixed settings over all images) when there
     is one, else its matched points. Down-scaled variants: their matched points. Matched points
-    where some image could not reach the target (status ``floor``) are left out of curves.
+    where some image could not reach the target (status ``floor``) are left out of curves, and
+    so are means over only some of the images (a down-scaled variant is tried only where the
+    full-size codec cannot reach our rate, so each level may average a different subset: joined
+    into one line, those means would draw a curve no single image follows).
     """
     out: dict[str, list[Aggregate]] = {}
     swept = {a.codec for a in aggregates if a.kind == "sweep"}
+    every_image = max((a.images for a in aggregates), default=0)
     for a in aggregates:
-        if a.kind == "matched" and (a.codec in swept or not a.fully_matched):
+        partial = a.images < every_image
+        if a.kind == "matched" and (a.codec in swept or not a.fully_matched or partial):
             continue
         out.setdefault(a.codec, []).append(a)
     for rows in out.values():
