@@ -2,8 +2,10 @@
 
 Lines are each codec's curve (:func:`oscar.evaluation.bdrate.curves`): ours per level, the
 baselines' sweeps. Crosses are the baselines' points matched to our rate; a dashed line is a
-down-scaled variant. Numbers from a user's CSV of published results (``--published``) are drawn
-as hollow markers labelled "published, not re-measured". The x axis is bpp on a log scale.
+down-scaled variant (tried only on images where the full-size codec cannot reach our rate, so its
+crosses may average a few images and only means over every image are joined into its line).
+Numbers from a user's CSV of published results (``--published``) are drawn as hollow markers
+labelled "published, not re-measured". The x axis is bpp on a log scale.
 
 Published CSV columns: ``codec,bpp,metric,value`` and optionally ``source`` (one row per point;
 ``metric`` is one of our metric names, e.g. ``dists`` or ``lpips_vgg``).
@@ -144,7 +146,7 @@ def plot_rd(
 
     if any(a.kind == "matched" for a in aggregates):
         handles.append(Line2D([], [], ls="", marker="x", color="#444444"))
-        labels.append("× matched to our rate (colour = codec)")
+        labels.append("× matched to our rate (colour = codec; -downN: mean of the images it coded)")
     fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
