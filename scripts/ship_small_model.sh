@@ -8,7 +8,8 @@
 # 2. refit the entropy-coder priors on the exported weights (float16 rounding can move indices);
 # 3. evaluate on the held-out split against JPEG, WebP, AVIF and JPEG XL at matched measured bpp
 #    (real bytes; --no-sweep keeps it to about 15 minutes on 2 cores);
-# 4. print the model card's tables (scripts/model_card_tables.py).
+# 4. copy the rate-distortion plot into docs/images/ and print the model card's tables
+#    (scripts/model_card_tables.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/small}
@@ -18,4 +19,5 @@ oscar export "$final" -o src/oscar/weights/small --dtype float16 --force
 oscar fit-priors src/oscar/weights/small data/wallpapers/train
 oscar eval data/wallpapers/heldout --model src/oscar/weights/small \
     --baselines jpeg,webp,avif,jxl --metrics psnr,ms_ssim,lpips_vgg,dists --no-sweep -o "$out" --force
+mkdir -p docs/images && cp "$out/rd.png" docs/images/small-heldout-rd.png
 python scripts/model_card_tables.py "$run" "$out" src/oscar/weights/small
