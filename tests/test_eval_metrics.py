@@ -122,7 +122,7 @@ def test_perceptual_modules_with_random_weights(weights_dir, no_caches):
         assert same.shape == (2,) and torch.allclose(same, torch.zeros(2), atol=1e-5)
         x_hat = y.clone().requires_grad_(True)
         d = module(x_hat, x)
-        assert d.shape == (1,) and float(d) > 0
+        assert d.shape == (1,) and float(d.detach()) > 0
         d.sum().backward()  # usable as a training loss: gradient reaches the input
         assert x_hat.grad is not None and x_hat.grad.abs().sum() > 0
     found = find_weight("vgg16", weights_dir)
