@@ -131,7 +131,8 @@ def steps_note(docs: dict[str, dict | None]) -> str:
             "The ratio grows with image size, because the UNet's self-attention grows "
             "quadratically with the number of latent positions while the VAE grows linearly "
             "(see the 1920×1080 table). For the `sd21` architecture, whose UNet has 865 M "
-            "parameters, one-step decoding is dominated by the UNet and the ratio is close to N."
+            "parameters, we expect one-step decoding to be dominated by the UNet and the ratio "
+            "to approach N (an expectation: not measured, no SD 2.1 weights on this machine)."
         )
     return text
 
