@@ -28,10 +28,15 @@ from oscar.errors import ModelError
 from oscar.io import image_to_tensor, tensor_to_image
 from oscar.models.norms import dequantize_rms
 from oscar.pretrained import load_model
-from tiny_sd import SD21, save_tiny_base, single_thread  # noqa: F401 (fixture)
+from tiny_sd import (  # noqa: F401 (single_thread: a fixture)
+    ADAPTERS,
+    SD21,
+    original_lora_lists,
+    save_tiny_base,
+    single_thread,
+)
 
 APPENDIX_A = json.loads((ROOT / "tests" / "data" / "sd21_lora_modules.json").read_text())
-ADAPTERS = ("default_encoder", "default_decoder", "default_others")
 # (grid factor → cfg_ss = 512 / f, K, t) per level: §2.1 and §5.
 LEVELS = [(8, 256, 500), (16, 1024, 400), (32, 256, 310), (32, 2048, 280)]
 LEVELS += [(64, 16, 210), (64, 32, 190), (64, 64, 170), (64, 256, 150)]
@@ -85,24 +90,6 @@ def official_level_shapes(n: int, m: int, d: int, cfg_ss: int, k: int) -> dict[s
     return out
 
 
-def original_lists(unet) -> dict[str, list[str]]:
-    """§3.1: the official initialize_unet's three module lists."""
-    keys = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in"]
-    keys += ["conv_shortcut", "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj"]
-    out: dict[str, list[str]] = {a: [] for a in ADAPTERS}
-    for name, _ in unet.named_parameters():
-        if "bias" in name or "norm" in name or not any(k in name for k in keys):
-            continue
-        module = name[: -len(".weight")]
-        if "down_blocks" in module or "conv_in" in module:
-            out["default_encoder"].append(module)
-        elif "up_blocks" in module or "conv_out" in module:
-            out["default_decoder"].append(module)
-        else:
-            out["default_others"].append(module)
-    return out
-
-
 def lora_shapes(weight_shape, rank):
     if len(weight_shape) == 4:
         return (rank, weight_shape[1], *weight_shape[2:]), (weight_shape[0], rank, 1, 1)
@@ -129,7 +116,7 @@ def make_checkpoint(unet, widths=(8, 8, 4), prompt_length=3, rank=2, seed=0, mak
     for level, (cfg_ss, k, _) in enumerate(LEVELS):
         for key, shape in official_level_shapes(n, m, d, cfg_ss, k).items():
             hyper[f"{level}.{key}"] = make(shape, key)
-    lists = original_lists(unet)
+    lists = original_lora_lists(unet)
     params = dict(unet.named_parameters())
     state = {}
     for adapter in ADAPTERS:

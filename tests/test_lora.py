@@ -26,10 +26,9 @@ from oscar.models.lora import (
     merge_adapter,
     merge_lora,
 )
-from tiny_sd import single_thread  # noqa: F401 (a fixture, used by pytestmark)
+from tiny_sd import ADAPTERS, original_lora_lists, single_thread  # noqa: F401 (fixture)
 
 APPENDIX_A = json.loads((ROOT / "tests" / "data" / "sd21_lora_modules.json").read_text())
-ADAPTERS = ("default_encoder", "default_decoder", "default_others")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -46,31 +45,14 @@ def sd21_unet_meta(sd21_config):
         return UNet2DConditionModel.from_config(sd21_config.unet)
 
 
-def original_rule(unet: nn.Module) -> dict[str, list[str]]:
-    """The official `initialize_unet` selection (official-checkpoint.md §3.1), re-implemented."""
-    keys = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in"]
-    keys += ["conv_shortcut", "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj"]
-    out: dict[str, list[str]] = {a: [] for a in ADAPTERS}
-    for name, _ in unet.named_parameters():
-        if "bias" in name or "norm" in name or not any(k in name for k in keys):
-            continue
-        module = name[: -len(".weight")]
-        if "down_blocks" in module or "conv_in" in module:
-            out["default_encoder"].append(module)
-        elif "up_blocks" in module or "conv_out" in module:
-            out["default_decoder"].append(module)
-        else:
-            out["default_others"].append(module)
-    return out
-
-
 def test_sd21_targets_are_the_258_modules_of_appendix_a(sd21_config, sd21_unet_meta):
     names = lora_target_names(sd21_unet_meta, sd21_config.lora)
     assert len(names) == len(set(names)) == 258
     listed = [row[0] for a in ADAPTERS for row in APPENDIX_A[a]]
     assert set(names) == set(listed)
     # The three lists are the original rule's partition, in checkpoint order.
-    assert original_rule(sd21_unet_meta) == {a: [r[0] for r in APPENDIX_A[a]] for a in ADAPTERS}
+    expected = {a: [r[0] for r in APPENDIX_A[a]] for a in ADAPTERS}
+    assert original_lora_lists(sd21_unet_meta) == expected
     kinds = [type(sd21_unet_meta.get_submodule(n)).__name__ for n in names]
     assert kinds.count("Linear") == 192 and kinds.count("Conv2d") == 66
     shapes = expected_lora_shapes(sd21_unet_meta, sd21_config.lora)

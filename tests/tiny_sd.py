@@ -27,6 +27,29 @@ TINY_VAE = {**TINY["vae"], "scaling_factor": 0.18215}
 LORA = LoraSettings(rank=2, alpha=3.0, target_modules=tuple(SD21["lora"]["target_modules"]))
 
 
+# The original release's three LoRA adapters and its `initialize_unet` module selection
+# (official-checkpoint.md §3.1), re-implemented here as an oracle independent of oscar.models.lora.
+ADAPTERS = ("default_encoder", "default_decoder", "default_others")
+
+
+def original_lora_lists(unet: torch.nn.Module) -> dict[str, list[str]]:
+    """The official initialize_unet's three module lists for ``unet``."""
+    keys = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in"]
+    keys += ["conv_shortcut", "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj"]
+    out: dict[str, list[str]] = {a: [] for a in ADAPTERS}
+    for name, _ in unet.named_parameters():
+        if "bias" in name or "norm" in name or not any(k in name for k in keys):
+            continue
+        module = name[: -len(".weight")]
+        if "down_blocks" in module or "conv_in" in module:
+            out["default_encoder"].append(module)
+        elif "up_blocks" in module or "conv_out" in module:
+            out["default_decoder"].append(module)
+        else:
+            out["default_others"].append(module)
+    return out
+
+
 def save_tiny_base(folder: Path, seed: int = 0) -> Path:
     """Write a diffusers folder: vae/, unet/ (safetensors) and scheduler/ (SD 2.1's config)."""
     with torch.random.fork_rng(devices=[]):
