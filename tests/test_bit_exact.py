@@ -72,6 +72,13 @@ def _indices(codec: OscarCodec, files: dict[int, bytes]) -> dict[int, np.ndarray
     return {lv: codec.unpack(data).indices for lv, data in files.items()}
 
 
+def _assert_reads_files_like(codec: OscarCodec, reference: OscarCodec, files) -> None:
+    """Same fingerprint as ``reference``, and every file read to the same indices."""
+    assert codec.fingerprint == reference.fingerprint
+    expected, decoded = _indices(reference, files), _indices(codec, files)
+    assert all(np.array_equal(decoded[lv], expected[lv]) for lv in files)
+
+
 def test_thread_count_does_not_change_coding(tiny_codec, files):
     reference = _indices(tiny_codec, files)
     image = make_image(70, 90, seed=11)
@@ -97,10 +104,7 @@ def test_reading_dtype_does_not_change_decoded_indices(tiny_codec, tiny_model_di
     its own files (other indices: other numbers) decode with the float32 model to exactly the
     indices it chose. (float16 on CPU behaves the same; checked once, not kept: CI time.)"""
     half = OscarCodec(load_model(tiny_model_dir, dtype=torch.bfloat16), device=torch.device("cpu"))
-    assert half.fingerprint == tiny_codec.fingerprint
-    reference = _indices(tiny_codec, files)
-    decoded = _indices(half, files)
-    assert all(np.array_equal(decoded[lv], reference[lv]) for lv in files)
+    _assert_reads_files_like(half, tiny_codec, files)
     assert half.decompress(files[7]).shape == (70, 90, 3)
     image = make_image(40, 72, seed=12)
     for level in (0, 3, 7):
@@ -114,10 +118,7 @@ def test_reading_dtype_does_not_change_decoded_indices(tiny_codec, tiny_model_di
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_and_cpu_agree_on_files(tiny_codec, tiny_model_dir, files):
     gpu = OscarCodec.from_pretrained(tiny_model_dir, device="cuda")
-    assert gpu.fingerprint == tiny_codec.fingerprint
-    reference = _indices(tiny_codec, files)
-    decoded = _indices(gpu, files)
-    assert all(np.array_equal(decoded[lv], reference[lv]) for lv in files)
+    _assert_reads_files_like(gpu, tiny_codec, files)
     assert gpu.decompress(files[3]).shape == (70, 90, 3)
     image = make_image(64, 96, seed=13)
     for level in range(8):
