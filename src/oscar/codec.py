@@ -47,6 +47,7 @@ from oscar.errors import (
     MalformedError,
     OscarError,
 )
+from oscar.index_search import check_effort, search_indices
 from oscar.io import (
     SourceImage,
     crop,
@@ -119,6 +120,7 @@ class OscarCodec:
         tile_size: int | None = None,
         max_memory: int | None = None,
         optimize: bool = True,
+        effort: int = 0,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -148,6 +150,9 @@ class OscarCodec:
         self.tile_size = tile_size
         self.max_memory = max_memory
         self.tiling("encode", self.pad_multiple, self.pad_multiple)  # early check of the options
+        # Encoder effort (oscar.index_search): rounds of index search after the nearest-codeword
+        # choice; 0 is the default encoder. The decoder and the format do not depend on it.
+        self.effort = check_effort(effort)
 
     @classmethod
     def from_pretrained(
@@ -160,6 +165,7 @@ class OscarCodec:
         tile_size: int | None = None,
         max_memory: int | None = None,
         optimize: bool = True,
+        effort: int = 0,
     ) -> OscarCodec:
         """Load a model directory (default: the embedded model) onto a device.
 
@@ -167,6 +173,8 @@ class OscarCodec:
         inference dtype of the UNet and VAE; files are interchangeable between dtypes and devices
         (``bfloat16`` is faster on CPUs with AVX-512 BF16 and changes the pixels slightly, see
         BENCHMARKS.md). ``optimize=False`` runs the networks exactly as diffusers builds them.
+        ``effort`` > 0 makes the encoder search for better indices (slower encoding, same
+        decoder; ``oscar.index_search``).
         """
         dev = resolve_device(device)
         dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
@@ -180,6 +188,7 @@ class OscarCodec:
             tile_size=tile_size,
             max_memory=max_memory,
             optimize=optimize,
+            effort=effort,
         )
 
     def tiling(self, direction: str, height: int, width: int) -> Tiling:
@@ -255,7 +264,10 @@ class OscarCodec:
         with stage("hyper_analysis"):
             u = hyper.g_a(y)
         with stage("quantize"):
-            return hyper.quantizer.quantize(u).cpu().numpy().astype(np.int64)
+            indices = hyper.quantizer.quantize(u)
+        with stage("index_search"):
+            indices = search_indices(self.model, y, level, indices, self.effort)
+        return indices.cpu().numpy().astype(np.int64)
 
     def hyper_encode(self, y: torch.Tensor, level: int) -> np.ndarray:
         """Latent y (1, 4, H/8, W/8) → indices (h, w) int64."""

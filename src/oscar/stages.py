@@ -11,7 +11,9 @@ Stages, in pipeline order (what each one covers):
 pad                uint8 image → float tensor in [-1, 1] on the device, padded to the multiple
 vae_encode         VAE encoder (posterior mean, scaled) and the per-channel RMS side info
 hyper_analysis     g_a of the level: latent y → features u
-quantize           cosine VQ: features u → indices (nearest unit-norm codeword), to the host
+quantize           cosine VQ: features u → indices (nearest unit-norm codeword)
+index_search       encoder effort > 0 only: search for better indices (oscar.index_search);
+                   then the indices go to the host
 entropy_code       index coder(s), header, checksum → file bytes
 parse              file bytes → header checks, index decoding (the typed record)
 hyper_synthesis    indices → codebook → g_s → y_tilde, rescaled to the sent RMS → z_t
@@ -28,7 +30,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Protocol
 
-ENCODE_STAGES = ("pad", "vae_encode", "hyper_analysis", "quantize", "entropy_code")
+ENCODE_STAGES = ("pad", "vae_encode", "hyper_analysis", "quantize", "index_search", "entropy_code")
 DECODE_STAGES = ("parse", "hyper_synthesis", "unet", "vae_decode", "crop")
 STAGES = ENCODE_STAGES + DECODE_STAGES
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from oscar.commands.common import (
     Job,
+    add_effort_option,
     add_force_option,
     add_limit_options,
     add_model_options,
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="index coder; auto writes the smaller of entropy and fixed-length",
     )
+    add_effort_option(p)
     add_model_options(p)
     add_tiling_options(p)
     add_limit_options(p)

@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from oscar.commands.common import add_limit_options, add_model_options, positive_int
+from oscar.commands.common import (
+    add_effort_option,
+    add_limit_options,
+    add_model_options,
+    positive_int,
+)
 from oscar.errors import ConfigError
 
 DEFAULT_BASELINES = "jpeg,webp,avif,jxl,jpeg2000"
@@ -76,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "re-measured",
     )
     p.add_argument("-f", "--force", action="store_true", help="write into a non-empty OUT")
+    add_effort_option(p)
     add_model_options(p)
     add_limit_options(p)
     p.set_defaults(handler=run_eval)
@@ -202,6 +208,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "model": str(codec.loaded.directory),
         "model fingerprint": codec.fingerprint.hex(),
         "levels": ", ".join(map(str, levels)),
+        "encoder effort": str(codec.effort),
         "baselines": ", ".join(f"{b.name} ({b.options})" for b in baselines) or "none",
         "FID/KID protocol": f"{args.fid_patch}px patches"
         + ("" if args.fid_no_shift else " + half-patch-shifted grid")
