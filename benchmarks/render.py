@@ -21,6 +21,8 @@ GROUP_NAMES = (
     "steps-1080p",
     "bfloat16",
     "batch",
+    "effort",
+    "sd21-architecture",
 )
 TARGET_SIZE = (768, 512)
 MEMORY_LIMIT_MB = 6e9 / 2**20  # "under 6 GB", decimal gigabytes
@@ -94,6 +96,11 @@ def targets_table(docs: dict[str, dict | None]) -> str:
     if big is not None and "20" in big["decode"]:
         ratio = big["decode"]["20"]["time_vs_one_step"]
         rows.append(["(for reference) the same ratio at 1920×1080", "", f"{ratio:.1f}×", ""])
+    sd21 = find(docs.get("sd21-architecture"), *TARGET_SIZE)
+    if sd21 is not None and "20" in sd21["decode"]:
+        ratio = sd21["decode"]["20"]["time_vs_one_step"]
+        label = "(for reference) the same ratio, 768×512, `sd21` architecture (random weights)"
+        rows.append([label, "", f"{ratio:.1f}×", ""])
     if not rows:
         return "_No results yet._"
     return markdown_table(["target (issue 6)", "goal", "measured", "met"], rows)
@@ -130,11 +137,55 @@ def steps_note(docs: dict[str, dict | None]) -> str:
             "one UNet pass, so the target is not met by speeding up the one-step path alone. "
             "The ratio grows with image size, because the UNet's self-attention grows "
             "quadratically with the number of latent positions while the VAE grows linearly "
-            "(see the 1920×1080 table). For the `sd21` architecture, whose UNet has 865 M "
-            "parameters, we expect one-step decoding to be dominated by the UNet and the ratio "
-            "to approach N (an expectation: not measured, no SD 2.1 weights on this machine)."
+            "(see the 1920×1080 table)."
         )
+    text += " " + sd21_note(docs)
     return text
+
+
+def sd21_note(docs: dict[str, dict | None]) -> str:
+    """The same ratio for SD 2.1's architecture, measured with random weights, if it was run."""
+    r = find(docs.get("sd21-architecture"), *TARGET_SIZE)
+    if r is None or "20" not in r["decode"]:
+        return (
+            "For the `sd21` architecture the ratio was not measured in this run "
+            "(`python benchmarks/run.py --groups sd21-architecture`)."
+        )
+    one, twenty = r["decode"]["1"], r["decode"]["20"]
+    unet, vae = (one["stages"][s]["wall_s"]["median"] for s in ("unet", "vae_decode"))
+    ratio = twenty["time_vs_one_step"]
+    verdict = "also stays below" if ratio < 10 else "reaches"
+    return (
+        f"A model of the `sd21` architecture (SD 2.1's VAE and UNet; "
+        f"{r['model']['parameters'] / 1e6:.0f} M parameters with the hyper-coders; random "
+        f"weights, whose values do not affect speed) {verdict} 10× at "
+        f"768×512 on this machine: one step {median(one):.1f} s, 20 steps {median(twenty):.1f} s, "
+        f"{ratio:.1f}×, because SD 2.1's VAE decoder ({vae:.1f} s) costs {vae / unet:.1f} UNet "
+        f"passes ({unet:.1f} s) too (one repeat; table below)."
+    )
+
+
+def effort_table(effort: dict | None, main: dict | None) -> str:
+    """Encode time with encoder effort against the default encoder (same size and level)."""
+    from oscar.bench_report import markdown_table
+
+    r, m = find(effort, *TARGET_SIZE), find(main, *TARGET_SIZE)
+    if r is None:
+        return "_Not run._"
+    c = r["config"]
+    search = r["encode"]["stages"]["index_search"]["wall_s"]["median"]
+    rows = [
+        ["encode s", f"{median(m['encode']):.3f}" if m else "", f"{median(r['encode']):.3f}"],
+        ["of which index search s", "0", f"{search:.3f}"],
+        [
+            "decode s (same decoder)",
+            f"{median(m['decode']['1']):.3f}" if m else "",
+            f"{median(r['decode']['1']):.3f}",
+        ],
+        ["file bytes (packaged sample)", str(m["file_bytes"]) if m else "", str(r["file_bytes"])],
+    ]
+    table = markdown_table(["768×512", "effort 0 (default)", f"effort {c['effort']}"], rows)
+    return f"`{' '.join(_bench_args(effort))}`\n\n{table}"
 
 
 def before_after_table(before: dict | None, after: dict | None) -> str:
@@ -150,6 +201,8 @@ def before_after_table(before: dict | None, after: dict | None) -> str:
         pb = b["encode"] if path == "encode" else b["decode"]["1"]
         pa = a["encode"] if path == "encode" else a["decode"]["1"]
         for name in (*stages, "total"):
+            if name != "total" and not (name in pb["stages"] and name in pa["stages"]):
+                continue  # a stage that one of the runs predates (index_search)
             eb = pb["total"] if name == "total" else pb["stages"][name]
             ea = pa["total"] if name == "total" else pa["stages"][name]
             wb, wa = eb["wall_s"]["median"], ea["wall_s"]["median"]
@@ -351,6 +404,8 @@ def render(results: Path, template: Path) -> str:
         "bf16_hardware": bf16_hardware(docs),
         "bfloat16": bf16_table(docs["bfloat16"], docs["main"]),
         "batch": group_section(docs["batch"], stages=False),
+        "effort": effort_table(docs["effort"], docs["main"]),
+        "sd21": group_section(docs["sd21-architecture"], stages=True),
         "sizes_stages": "\n\n".join(
             group_section(docs[name], stages=True) for name in ("sizes", "sizes-4k")
         ),

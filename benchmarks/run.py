@@ -1,6 +1,6 @@
 """Regenerate BENCHMARKS.md: run ``oscar bench`` groups, keep their JSON, rewrite the tables.
 
-    python benchmarks/run.py                 # the full set (about 8 minutes on 2 idle cores)
+    python benchmarks/run.py                 # the full set (about 13 minutes on 2 idle cores)
     python benchmarks/run.py --quick         # smoke run into /tmp/oscar-bench-quick/ (~2 min)
     python benchmarks/run.py --render-only   # rewrite BENCHMARKS.md from benchmarks/results/
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,7 +82,20 @@ GROUPS: dict[str, tuple[str, list[str], list[str] | None]] = {
         ["--sizes", "512x512", "--steps", "1", "--batch", "1,4", "--repeats", "5"],
         ["--sizes", "256x256", "--steps", "1", "--batch", "1,2", "--repeats", "1"],
     ),
+    "effort": (
+        "768×512, encoder effort 4 (index search; same decoder)",
+        ["--sizes", "768x512", "--steps", "1", "--repeats", "5", "--effort", "4"],
+        ["--sizes", "256x256", "--steps", "1", "--repeats", "1", "--effort", "2"],
+    ),
+    "sd21-architecture": (
+        "768×512, one step vs 20 DDIM steps with the sd21 architecture (random weights)",
+        ["--sizes", "768x512", "--steps", "1,20", "--repeats", "1", "--warmup", "1"],
+        None,
+    ),
 }
+# Groups measured on a model of another architecture, built here with random weights (speed does
+# not depend on the weights' values): SD 2.1's VAE and UNet, 1.03 B parameters, 4 GB on disk.
+OTHER_ARCHITECTURES = {"sd21-architecture": ROOT / "configs" / "sd21.json"}
 
 
 # ----------------------------------------------------------------------------- running
@@ -106,6 +120,15 @@ def choose_model(given: str | None, scratch: Path) -> tuple[Path, str]:
         "a `small` model with random weights (`oscar init configs/small.json`, priors fitted "
         "on the packaged sample image): this checkout has no embedded model"
     )
+
+
+def random_model(config: Path, scratch: Path) -> Path:
+    """A model of ``config``'s architecture with random weights, priors fitted on the sample."""
+    model = scratch / config.stem
+    print(f"== oscar init {config.name} (random weights, for timing only)", flush=True)
+    oscar("init", str(config), "-o", str(model), "--force")
+    oscar("fit-priors", str(model), str(ROOT / "src" / "oscar" / "assets" / "sample.png"))
+    return model
 
 
 def choose_level(model: Path) -> tuple[int, int]:
@@ -197,9 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="oscar-bench-model-") as tmp:
             model, source = choose_model(args.model, Path(tmp))
             level, timestep = choose_level(model)
-            extra = ["--device", args.device, "--levels", str(level)]
-            extra += ["--threads", args.threads] if args.threads else []
-            groups = run_groups(model, names, args.quick, extra, results)
+            threads = ["--threads", args.threads] if args.threads else []
+            extra = ["--device", args.device, "--levels", str(level), *threads]
+            ours = [n for n in names if n not in OTHER_ARCHITECTURES]
+            groups = run_groups(model, ours, args.quick, extra, results)
+            for name in names:
+                if name not in OTHER_ARCHITECTURES or (args.quick and GROUPS[name][2] is None):
+                    continue
+                other = random_model(OTHER_ARCHITECTURES[name], Path(tmp))
+                other_level, _ = choose_level(other)
+                other_extra = ["--device", args.device, "--levels", str(other_level), *threads]
+                groups += run_groups(other, [name], args.quick, other_extra, results)
+                shutil.rmtree(other)  # 4 GB
         shown = ["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
         run = {
             "command": " ".join(shown),

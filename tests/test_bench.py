@@ -83,14 +83,18 @@ def test_bench_command_writes_json(tiny_model_dir, tmp_path, capsys):
         assert result["encode"]["total"]["gflop"] > 0 and result["decode"]["2"]["total"]["gflop"]
 
 
-def test_bench_without_flop_counting(tiny_model_dir, tmp_path, capsys):
+def test_bench_without_flop_counting_with_encoder_effort(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "results.json"
     argv = ["bench", "--model", str(tiny_model_dir), "--sizes", "40x24", "--steps", "1"]
     argv += ["--repeats", "1", "--warmup", "0", "--no-flops", "--no-isolate", "-o", str(out)]
-    assert main(argv) == 0
+    assert main([*argv, "--effort", "2"]) == 0
     (result,) = json.loads(out.read_text())["results"]
     _check_result(result, [1])
-    assert "gflop" not in result["encode"]["total"] and "GFLOP" not in capsys.readouterr().out
+    assert result["config"]["effort"] == 2
+    assert result["encode"]["stages"]["index_search"]["wall_s"]["median"] > 0
+    printed = capsys.readouterr().out
+    assert "gflop" not in result["encode"]["total"] and "GFLOP" not in printed
+    assert "40x24 effort 2" in printed
 
 
 def test_bench_usage_errors(tiny_model_dir, capsys):
@@ -100,6 +104,7 @@ def test_bench_usage_errors(tiny_model_dir, capsys):
     assert main([*base, "--steps", "x"]) == 2
     assert main([*base, "--dtype", "float8"]) == 1
     assert main([*base, "--warmup", "-1"]) == 2
+    assert main([*base, "--effort", "65"]) == 1
     assert main([*base, "--sizes", "64x48", "--steps", "1,999"]) == 1
     assert "steps" in capsys.readouterr().err
 

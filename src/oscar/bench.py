@@ -67,6 +67,7 @@ class BenchConfig:
     baseline: bool = False  # the path before tuning: default allocator, networks as diffusers
     compare_float32: bool = True  # for other dtypes, measure the pixel difference to float32
     flops: bool = True  # count floating-point operations per stage (one extra, untimed run)
+    effort: int = 0  # encoder effort (oscar.index_search)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -281,6 +282,7 @@ def _load_codec(config: BenchConfig, dtype: str | None = None):
         device=config.device,
         dtype=dtype or config.dtype,
         optimize=not config.baseline,
+        effort=config.effort,
     )
 
 

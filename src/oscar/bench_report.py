@@ -33,7 +33,8 @@ def _spread(stats: dict[str, Any]) -> str:
 
 def config_label(result: dict[str, Any]) -> str:
     c = result["config"]
-    return f"{c['width']}x{c['height']}"
+    effort = c.get("effort", 0)  # results written before encoder effort existed have none
+    return f"{c['width']}x{c['height']}" + (f" effort {effort}" if effort else "")
 
 
 def summary_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

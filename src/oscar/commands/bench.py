@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from oscar.commands.common import positive_int
+from oscar.commands.common import add_effort_option, positive_int
 from oscar.errors import ConfigError
 
 DEFAULT_SIZES = "768x512"
@@ -97,6 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run each configuration in a fresh process so peak memory does not carry over "
         "(default: on for CPU)",
     )
+    add_effort_option(p)
     p.add_argument("-o", "--output", metavar="JSON", default=None, help="write results here")
     p.set_defaults(handler=run_bench)
 
@@ -105,6 +106,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from oscar.bench import BenchConfig, parse_size, run_benchmark
     from oscar.bench_report import text_report
     from oscar.device import resolve_device, resolve_dtype
+    from oscar.index_search import check_effort
     from oscar.pretrained import read_config, resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
@@ -136,6 +138,7 @@ def run_bench(args: argparse.Namespace) -> int:
             threads=args.threads,
             baseline=args.baseline,
             flops=args.flops,
+            effort=check_effort(args.effort),
         )
         for (h, w) in sizes
         for level in levels
