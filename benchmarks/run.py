@@ -83,8 +83,8 @@ GROUPS: dict[str, tuple[str, list[str], list[str] | None]] = {
         ["--sizes", "256x256", "--steps", "1", "--batch", "1,2", "--repeats", "1"],
     ),
     "effort": (
-        "768×512, encoder effort 4 (index search; same decoder)",
-        ["--sizes", "768x512", "--steps", "1", "--repeats", "5", "--effort", "4"],
+        "768×512, encoder efforts 2 and 4 (index search; same decoder)",
+        ["--sizes", "768x512", "--steps", "1", "--repeats", "5", "--effort", "2,4"],
         ["--sizes", "256x256", "--steps", "1", "--repeats", "1", "--effort", "2"],
     ),
     "sd21-architecture": (

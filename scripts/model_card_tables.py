@@ -1,6 +1,7 @@
 """Print the model card's tables (markdown) from a training run, an `oscar eval` output and a model.
 
     python scripts/model_card_tables.py RUN_DIR EVAL_DIR MODEL_DIR
+    python scripts/model_card_tables.py --effort MODEL_DIR EVAL_DIR...   (one per encoder effort)
 
 Every number comes from files those commands wrote: the stages' ``done.json`` (steps, wall time,
 hardware, last logged losses, validation), the model's ``oscar.json`` (calibrated cosines and
@@ -9,6 +10,7 @@ timesteps) and the evaluation's ``aggregates.json`` (measured bytes, metrics, ti
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -112,7 +114,45 @@ def results_table(model: Path, evaluation: Path) -> str:
     return "\n".join(rows)
 
 
+def _ours(evaluation: Path) -> tuple[str, dict[int, dict]]:
+    """(encoder effort, per-level aggregates of our codec) of one `oscar eval` output."""
+    effort = json.loads((evaluation / "summary.json").read_text()).get("encoder effort", "0")
+    aggs = json.loads((evaluation / "aggregates.json").read_text())
+    return effort, {a["level"]: a for a in aggs if a["codec"] == "oscar" and a["kind"] == "oscar"}
+
+
+def effort_table(model: Path, evaluations: list[Path]) -> str:
+    """Measured bpp / PSNR / MS-SSIM per level for each evaluation (each encoder effort)."""
+    nominal = {lv.level: lv.nominal_bpp for lv in read_config(model).levels}
+    runs = [_ours(e) for e in evaluations]
+    head = ["level", "nominal bpp"]
+    head += [f"effort {effort}: bpp / PSNR / MS-SSIM" for effort, _ in runs]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for level in sorted(nominal):
+        cells = [str(level), f"{nominal[level]:.4f}"]
+        for _, ours in runs:
+            a = ours.get(level)
+            m = (a or {}).get("metrics", {})
+            cells.append(
+                "–"
+                if a is None
+                else f"{a['bpp']:.4f} / {fmt(m.get('psnr'), 2)} / {fmt(m.get('ms_ssim'), 4)}"
+            )
+        rows.append("| " + " | ".join(cells) + " |")
+    notes = []
+    for effort, ours in runs:
+        levels = sorted(ours)
+        for metric in ("psnr", "ms_ssim"):
+            values = [ours[lv]["metrics"].get(metric) for lv in levels]
+            rising = all(b > a for a, b in itertools.pairwise(values))
+            notes.append(f"effort {effort}: {metric} rises with the level: {rising}")
+    return "\n".join(rows) + "\n\n" + "\n".join(notes)
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) >= 3 and argv[0] == "--effort":
+        print(effort_table(Path(argv[1]), [Path(a) for a in argv[2:]]))
+        return 0
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2

@@ -87,14 +87,15 @@ def test_bench_without_flop_counting_with_encoder_effort(tiny_model_dir, tmp_pat
     out = tmp_path / "results.json"
     argv = ["bench", "--model", str(tiny_model_dir), "--sizes", "40x24", "--steps", "1"]
     argv += ["--repeats", "1", "--warmup", "0", "--no-flops", "--no-isolate", "-o", str(out)]
-    assert main([*argv, "--effort", "2"]) == 0
-    (result,) = json.loads(out.read_text())["results"]
-    _check_result(result, [1])
-    assert result["config"]["effort"] == 2
-    assert result["encode"]["stages"]["index_search"]["wall_s"]["median"] > 0
+    assert main([*argv, "--effort", "0,2"]) == 0
+    plain, searched = json.loads(out.read_text())["results"]
+    for result in (plain, searched):
+        _check_result(result, [1])
+        assert "gflop" not in result["encode"]["total"]
+    assert (plain["config"]["effort"], searched["config"]["effort"]) == (0, 2)
+    assert searched["encode"]["stages"]["index_search"]["wall_s"]["median"] > 0
     printed = capsys.readouterr().out
-    assert "gflop" not in result["encode"]["total"] and "GFLOP" not in printed
-    assert "40x24 effort 2" in printed
+    assert "GFLOP" not in printed and "40x24 effort 2" in printed
 
 
 def test_bench_usage_errors(tiny_model_dir, capsys):

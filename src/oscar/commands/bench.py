@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from oscar.commands.common import add_effort_option, positive_int
+from oscar.commands.common import positive_int
 from oscar.errors import ConfigError
 
 DEFAULT_SIZES = "768x512"
@@ -97,7 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run each configuration in a fresh process so peak memory does not carry over "
         "(default: on for CPU)",
     )
-    add_effort_option(p)
+    p.add_argument(
+        "--effort",
+        type=_int_list,
+        default="0",
+        metavar="N[,N...]",
+        help="encoder efforts to time (oscar compress --effort; 0 is the default encoder)",
+    )
     p.add_argument("-o", "--output", metavar="JSON", default=None, help="write results here")
     p.set_defaults(handler=run_bench)
 
@@ -122,6 +128,8 @@ def run_bench(args: argparse.Namespace) -> int:
     dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
     for dtype in dtypes:
         resolve_dtype(dtype, device)  # unknown names: one clear error before any work
+    for effort in args.effort:
+        check_effort(effort)
     isolate = args.isolate if args.isolate is not None else device.type == "cpu"
     configs = [
         BenchConfig(
@@ -138,12 +146,13 @@ def run_bench(args: argparse.Namespace) -> int:
             threads=args.threads,
             baseline=args.baseline,
             flops=args.flops,
-            effort=check_effort(args.effort),
+            effort=effort,
         )
         for (h, w) in sizes
         for level in levels
         for dtype in dtypes
         for batch in args.batch
+        for effort in args.effort
     ]
 
     def progress(i: int, c: BenchConfig) -> None:
