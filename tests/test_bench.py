@@ -98,6 +98,16 @@ def test_bench_without_flop_counting_with_encoder_effort(tiny_model_dir, tmp_pat
     assert "GFLOP" not in printed and "40x24 effort 2" in printed
 
 
+def test_bench_counts_flops_with_encoder_effort(tiny_model_dir, tmp_path):
+    # FLOP counting hooks the autograd graph that the index search differentiates through.
+    out = tmp_path / "results.json"
+    argv = ["bench", "--model", str(tiny_model_dir), "--sizes", "40x24", "--steps", "1"]
+    argv += ["--repeats", "1", "--warmup", "0", "--no-isolate", "--effort", "1", "-o", str(out)]
+    assert main(argv) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["encode"]["stages"]["index_search"]["gflop"] > 0
+
+
 def test_bench_usage_errors(tiny_model_dir, capsys):
     base = ["bench", "--model", str(tiny_model_dir), "--no-isolate", "--repeats", "1"]
     assert main([*base, "--sizes", "64"]) == 1
