@@ -250,6 +250,18 @@ def test_demo_prints_every_level(tiny_model_dir, tmp_path, capsys):
         assert int(r[3]) == size and float(r[2]) == pytest.approx(size * 8 / (64 * 96), abs=1e-4)
 
 
+def test_demo_with_encoder_effort(tiny_model_dir, tmp_path, capsys):
+    from oscar.codec import OscarCodec
+
+    image = make_image(64, 96)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    argv = ["demo", str(tmp_path / "a.png"), "--model", str(tiny_model_dir), "--repeats", "1"]
+    assert main([*argv, "--effort", "2", "-o", str(tmp_path / "out")]) == 0
+    assert "encoder effort 2" in capsys.readouterr().out
+    searched = OscarCodec.from_pretrained(tiny_model_dir, device="cpu", effort=2)
+    assert (tmp_path / "out" / "level4.oscar").read_bytes() == searched.compress(image, 4)
+
+
 def test_export_float16(tiny_model_dir, tmp_path, capsys):
     assert main(["export", str(tiny_model_dir), "-o", str(tmp_path / "h")]) == 0
     from safetensors.torch import load_file

@@ -13,7 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
-from oscar.commands.common import add_model_options, positive_int
+from oscar.commands.common import add_effort_option, add_model_options, positive_int
 
 
 def sample_image_path() -> Path:
@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="timed runs per level (after one warm-up); the median is shown",
     )
     p.add_argument("--coder", choices=("auto", "entropy", "fixed"), default="auto")
+    add_effort_option(p)
     add_model_options(p)
     p.set_defaults(handler=run_demo)
 
@@ -77,7 +78,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(
         f"image {path.name}: {source.width}x{source.height}; model "
         f"{codec.loaded.directory} (fingerprint {codec.fingerprint.hex()}), "
-        f"device {codec.device}"
+        f"device {codec.device}" + (f", encoder effort {codec.effort}" if codec.effort else "")
     )
     rates = sorted(codec.levels, key=lambda lv: lv.nominal_bpp)
     codec.decompress(codec.compress(source, rates[0].level, args.coder))  # warm-up
