@@ -20,9 +20,13 @@ One round, on the token grid of one level::
     the error summed over a ``window`` of tokens around it went down.
 
 The search never ends worse than it began: if the total error over the image rose (moves kept
-locally can interact), it returns the nearest-codeword indices. It costs, per round, about three
-UNet passes (forward, backward, check) at the latent's size; BENCHMARKS.md measures it. Why it is
-written here rather than taken from a library: it needs the codec's own decoder in the loop.
+locally can interact), it returns the nearest-codeword indices. (Latents searched by windows,
+see below, are checked window by window, each decoded on its own: an approximation of decoding
+the whole image, whose attention and channel rescaling see every window at once.)
+
+It costs, per round, about three UNet passes (forward, backward, check) at the latent's size;
+BENCHMARKS.md measures it. Why it is written here rather than taken from a library: it needs the
+codec's own decoder in the loop.
 Large latents are searched in overlapping windows so that memory stays bounded.
 """
 
