@@ -26,8 +26,8 @@ the whole image, whose attention and channel rescaling see every window at once.
 
 It costs, per round, about three UNet passes (forward, backward, check) at the latent's size;
 BENCHMARKS.md measures it. Why it is written here rather than taken from a library: it needs the
-codec's own decoder in the loop.
-Large latents are searched in overlapping windows so that memory stays bounded.
+codec's own decoder in the loop. Large latents are searched in overlapping windows so that
+memory stays bounded.
 """
 
 from __future__ import annotations
