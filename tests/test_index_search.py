@@ -121,12 +121,15 @@ class _Saboteur(IndexSearch):
 
 
 def test_the_search_never_returns_worse_indices_than_it_started_from(tiny_codec):
-    image = make_image(64, 96, seed=4)
-    y, rms = _latent(tiny_codec, image)
+    images = [make_image(64, 96, seed=4), make_image(64, 96, seed=5)]  # a batch: checked per image
+    latents = [_latent(tiny_codec, image) for image in images]
     with torch.inference_mode(False):
-        y, rms = y.clone(), rms.clone()
+        y = torch.cat([lat[0] for lat in latents]).clone()
+        rms = torch.cat([lat[1] for lat in latents]).clone()
         for level in (3, 4):
-            nearest = torch.as_tensor(tiny_codec.encode(image, level).indices)[None]
+            nearest = torch.as_tensor(
+                np.stack([r.indices for r in tiny_codec.encode_batch(images, level)])
+            )
             saboteur = _Saboteur(tiny_codec.model, level)
             saboteur.candidates = min(8, saboteur.candidates * 4)
             out = saboteur.run(nearest, y, rms, rounds=4)

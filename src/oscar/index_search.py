@@ -19,10 +19,10 @@ One round, on the token grid of one level::
     which share decoder context, do not move together), evaluated exactly, and kept only where
     the error summed over a ``window`` of tokens around it went down.
 
-The search never ends worse than it began: if the total error over the image rose (moves kept
-locally can interact), it returns the nearest-codeword indices. (Latents searched by windows,
-see below, are checked window by window, each decoded on its own: an approximation of decoding
-the whole image, whose attention and channel rescaling see every window at once.)
+The search never ends worse than it began: if the total error over an image rose (moves kept
+locally can interact), it returns that image's nearest-codeword indices. (Latents searched by
+windows, see below, are checked window by window, each decoded on its own: an approximation of
+decoding the whole image, whose attention and channel rescaling see every window at once.)
 
 It costs, per round, about three UNet passes (forward, backward, check) at the latent's size;
 BENCHMARKS.md measures it. Why it is written here rather than taken from a library: it needs the
@@ -137,7 +137,7 @@ class IndexSearch:
             for r in range(rounds):
                 err, gradient, e = self.error(current, y, rms, grad=True)
                 if first_total is None:
-                    first_total = err.sum()
+                    first_total = err.sum((-2, -1))  # per image of the batch
                 proposed, gain = self.propose(gradient, e, codebook[candidates], candidates)
                 a, b = divmod(r % self.stride**2, self.stride)
                 moving = (rows == a) & (cols == b) & (gain < 0) & (proposed != current)
@@ -150,7 +150,8 @@ class IndexSearch:
             if first_total is None or torch.equal(current, start):
                 return start
             final, _, _ = self.error(current, y, rms, grad=False)
-        return current if final.sum() <= first_total else start
+        worse = final.sum((-2, -1)) > first_total
+        return torch.where(worse.view(-1, 1, 1), start, current)
 
 
 def search_indices(
