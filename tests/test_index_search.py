@@ -86,7 +86,9 @@ def test_large_latents_are_searched_in_windows_that_tile_the_grid(tiny_codec, mo
     image = make_image(320, 384, seed=5)
     y, _ = _latent(tiny_codec, image)
     nearest = torch.as_tensor(tiny_codec.encode(image, level).indices)[None]
-    out = search_indices(model, y, level, nearest, 2)
+    with torch.inference_mode():
+        features = model.hyper_coder(level).g_a(y)
+    out = search_indices(model, y, features, level, nearest, 2)
     assert out.shape == nearest.shape
     assert int(out.min()) >= 0 and int(out.max()) < model.rate(level).codebook_size
 
@@ -132,5 +134,7 @@ def test_the_search_never_returns_worse_indices_than_it_started_from(tiny_codec)
             )
             saboteur = _Saboteur(tiny_codec.model, level)
             saboteur.candidates = min(8, saboteur.candidates * 4)
-            out = saboteur.run(nearest, y, rms, rounds=4)
+            with torch.no_grad():
+                features = tiny_codec.model.hyper_coder(level).g_a(y)
+            out = saboteur.run(nearest, features, y, rms, rounds=4)
             assert torch.equal(out, nearest)

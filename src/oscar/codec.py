@@ -266,7 +266,7 @@ class OscarCodec:
         with stage("quantize"):
             indices = hyper.quantizer.quantize(u)
         with stage("index_search"):
-            indices = search_indices(self.model, y, level, indices, self.effort)
+            indices = search_indices(self.model, y, u, level, indices, self.effort)
         return indices.cpu().numpy().astype(np.int64)
 
     def hyper_encode(self, y: torch.Tensor, level: int) -> np.ndarray:

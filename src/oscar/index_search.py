@@ -13,7 +13,8 @@ One round, on the token grid of one level::
     e = codebook[indices]       (each token's codeword, with gradient)
     y_hat = UNet(rescale(g_s(e)), t_L)          the one-step decoder's latent, as decoding makes it
     err = Σ_channels (y_hat − y)²               per latent position; y the image's true latent
-    for each token, among its ``candidates`` nearest codewords (by the analysis features), the
+    for each token, among its ``candidates`` nearest codewords (by the analysis features the
+    default encoder already computed, for the whole image), the
     one that the first-order change ⟨∂err/∂e, c − e⟩ predicts best; proposed on one of the
     ``stride``² interleaved sub-grids (round r takes sub-grid r mod stride², so near tokens,
     which share decoder context, do not move together), evaluated exactly, and kept only where
@@ -109,12 +110,6 @@ class IndexSearch:
         w = self.window
         return F.avg_pool2d(err.unsqueeze(1), w, 1, w // 2, count_include_pad=False).squeeze(1)
 
-    def _candidates(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, C) codeword indices nearest each token's analysis features, best first."""
-        q = self.hyper.quantizer
-        similarity = q.project(self.hyper.g_a(y)) @ q.normalized_codebook().t()
-        return similarity.topk(self.candidates, dim=-1).indices
-
     def propose(self, gradient, e, options, candidates):
         """Per token, the candidate whose first-order change of the error ⟨g, c − e⟩ is lowest,
         and that change (B, h, w); ``options`` (B, h, w, C, d) are the candidates' codewords."""
@@ -123,11 +118,19 @@ class IndexSearch:
         pick = change.argmin(-1, keepdim=True)
         return candidates.gather(-1, pick).squeeze(-1), change.gather(-1, pick).squeeze(-1)
 
-    def run(self, indices: torch.Tensor, y: torch.Tensor, rms: torch.Tensor, rounds: int):
-        """Search ``rounds`` rounds from ``indices`` (B, h, w); returns new indices."""
-        with _no_parameter_grads(self.model), torch.no_grad():
-            candidates = self._candidates(y)
-        codebook = self.hyper.quantizer.normalized_codebook().detach()
+    def run(
+        self,
+        indices: torch.Tensor,
+        features: torch.Tensor,
+        y: torch.Tensor,
+        rms: torch.Tensor,
+        rounds: int,
+    ) -> torch.Tensor:
+        """Search ``rounds`` rounds from ``indices`` (B, h, w), the nearest codewords of the
+        analysis ``features`` (B, M, h, w) of latent ``y``; returns new indices."""
+        with torch.no_grad():
+            candidates = self.hyper.quantizer.ranked(features, self.candidates)
+            options = self.hyper.quantizer.normalized_codebook()[candidates]  # (B, h, w, C, d)
         h, w = indices.shape[-2:]
         rows = torch.arange(h, device=indices.device).view(-1, 1) % self.stride
         cols = torch.arange(w, device=indices.device).view(1, -1) % self.stride
@@ -138,7 +141,7 @@ class IndexSearch:
                 err, gradient, e = self.error(current, y, rms, grad=True)
                 if first_total is None:
                     first_total = err.sum((-2, -1))  # per image of the batch
-                proposed, gain = self.propose(gradient, e, codebook[candidates], candidates)
+                proposed, gain = self.propose(gradient, e, options, candidates)
                 a, b = divmod(r % self.stride**2, self.stride)
                 moving = (rows == a) & (cols == b) & (gain < 0) & (proposed != current)
                 if not bool(moving.any()):
@@ -155,9 +158,15 @@ class IndexSearch:
 
 
 def search_indices(
-    model, y: torch.Tensor, level: int, indices: torch.Tensor, effort: int
+    model,
+    y: torch.Tensor,
+    features: torch.Tensor,
+    level: int,
+    indices: torch.Tensor,
+    effort: int,
 ) -> torch.Tensor:
-    """Nearest-codeword ``indices`` (B, h, w) of latent ``y`` (B, 4, H', W') → searched indices.
+    """Nearest-codeword ``indices`` (B, h, w) of analysis ``features`` (B, M, h, w) of latent
+    ``y`` (B, 4, H', W') → searched indices.
 
     Runs outside inference mode (it needs gradients) on copies of its inputs; ``effort`` rounds.
     Latents larger than MAX_WINDOW_POSITIONS are searched window by window.
@@ -166,13 +175,15 @@ def search_indices(
         return indices
     with torch.inference_mode(False):
         y = y.detach().clone().float()
+        features = features.detach().clone()
         rms = model.side_info(y).clone()
         out = indices.detach().clone()
         search = IndexSearch(model, level)
+        block = search.block
         for (t0, t1, s0, s1), (i0, i1, j0, j1) in _windows(model, level, y.shape[-2:]):
-            block = search.block
             part = search.run(
                 out[:, t0:t1, s0:s1].clone(),
+                features[..., t0:t1, s0:s1],
                 y[..., t0 * block : t1 * block, s0 * block : s1 * block],
                 rms,
                 effort,

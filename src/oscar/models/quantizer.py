@@ -55,10 +55,20 @@ class CosineVectorQuantizer(nn.Module):
         p = self.project_in(u.permute(0, 2, 3, 1))
         return F.normalize(p, dim=-1, eps=1e-6)
 
+    @staticmethod
+    def _similarity(p_hat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity (B, h, w, K) of unit vectors p̂ with every codeword."""
+        return p_hat @ codebook.to(p_hat.dtype).t()
+
     def _nearest(self, p_hat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-        # Cosine similarity of unit vectors; argmax takes the first maximum on ties.
-        similarity = p_hat @ codebook.to(p_hat.dtype).t()
-        return similarity.argmax(dim=-1)
+        # argmax takes the first maximum on ties.
+        return self._similarity(p_hat, codebook).argmax(dim=-1)
+
+    def ranked(self, u: torch.Tensor, count: int) -> torch.Tensor:
+        """Features u (B, M, h, w) → the ``count`` most similar codewords (B, h, w, count),
+        most similar first (the encoder's index search picks among them)."""
+        similarity = self._similarity(self.project(u), self.normalized_codebook())
+        return similarity.topk(count, dim=-1).indices
 
     def quantize(self, u: torch.Tensor) -> torch.Tensor:
         """Features u (B, M, h, w) → indices (B, h, w) int64."""
