@@ -69,11 +69,16 @@ def calibration_table(model: Path) -> str:
     return "\n".join(rows)
 
 
+def _by_level(aggs: list[dict]) -> dict[int, dict]:
+    """Our codec's aggregates of an `oscar eval` output, by level."""
+    return {a["level"]: a for a in aggs if a["codec"] == "oscar" and a["kind"] == "oscar"}
+
+
 def results_table(model: Path, evaluation: Path) -> str:
     config = read_config(model)
     nominal = {lv.level: lv.nominal_bpp for lv in config.levels}
     aggs = json.loads((evaluation / "aggregates.json").read_text())
-    ours = {a["level"]: a for a in aggs if a["codec"] == "oscar" and a["kind"] == "oscar"}
+    ours = _by_level(aggs)
     matched = {(a["codec"], a["level"]): a for a in aggs if a["kind"] == "matched"}
     head = [
         "level",
@@ -117,8 +122,7 @@ def results_table(model: Path, evaluation: Path) -> str:
 def _ours(evaluation: Path) -> tuple[str, dict[int, dict]]:
     """(encoder effort, per-level aggregates of our codec) of one `oscar eval` output."""
     effort = json.loads((evaluation / "summary.json").read_text()).get("encoder effort", "0")
-    aggs = json.loads((evaluation / "aggregates.json").read_text())
-    return effort, {a["level"]: a for a in aggs if a["codec"] == "oscar" and a["kind"] == "oscar"}
+    return effort, _by_level(json.loads((evaluation / "aggregates.json").read_text()))
 
 
 def effort_table(model: Path, evaluations: list[Path]) -> str:
