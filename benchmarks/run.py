@@ -112,11 +112,8 @@ def choose_model(given: str | None, scratch: Path) -> tuple[Path, str]:
     embedded = embedded_model_dir()
     if (embedded / MODEL_FILE).is_file():
         return embedded, "the embedded model (`src/oscar/weights/small`)"
-    model = scratch / "small"
-    print("== no embedded model: oscar init configs/small.json (random weights)", flush=True)
-    oscar("init", str(ROOT / "configs" / "small.json"), "-o", str(model), "--force")
-    oscar("fit-priors", str(model), str(ROOT / "src" / "oscar" / "assets" / "sample.png"))
-    return model, (
+    print("== no embedded model", flush=True)
+    return random_model(ROOT / "configs" / "small.json", scratch), (
         "a `small` model with random weights (`oscar init configs/small.json`, priors fitted "
         "on the packaged sample image): this checkout has no embedded model"
     )
