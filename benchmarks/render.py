@@ -169,14 +169,20 @@ def effort_table(effort: dict | None, main: dict | None) -> str:
     """Encode time with each encoder effort against the default encoder (same size, level)."""
     from oscar.bench_report import markdown_table
 
-    runs = [r for r in (effort or {}).get("results", []) if r["config"].get("effort")]
-    runs = [r for r in runs if (r["config"]["width"], r["config"]["height"]) == TARGET_SIZE]
+    runs = [
+        r
+        for r in (effort or {}).get("results", [])
+        if (r["config"]["width"], r["config"]["height"]) == TARGET_SIZE
+    ]
     if not runs:
         return "_Not run._"
     m = find(main, *TARGET_SIZE)
-    columns = ([m] if m else []) + runs
-    header = ["768×512"] + [f"effort {r['config'].get('effort', 0)}" for r in columns]
-    header[1] += " (default)" if m else ""
+    columns = sorted(([m] if m else []) + runs, key=lambda r: r["config"].get("effort", 0))
+
+    def label(r: dict) -> str:
+        return f"effort {r['config'].get('effort', 0)}" + (" (default)" if r is m else "")
+
+    header = ["768×512"] + [label(r) for r in columns]
 
     def search_s(r: dict) -> str:
         entry = r["encode"]["stages"].get("index_search")

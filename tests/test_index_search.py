@@ -1,4 +1,5 @@
-"""Encoder effort (oscar.index_search): better indices, same decoder, never worse than nearest."""
+"""Encoder effort (oscar.index_search): better indices, same decoder, never worse than nearest
+(by the search's measure: the error of the coarse latent that the hyper-synthesis rebuilds)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ from conftest import make_image
 from oscar import index_search
 from oscar.cli import main
 from oscar.codec import OscarCodec
+from oscar.effort import DEFAULT_EFFORT, check_effort
 from oscar.errors import ConfigError
-from oscar.index_search import IndexSearch, check_effort, search_indices
+from oscar.index_search import IndexSearch, search_indices
 
 
 @pytest.fixture(scope="module")
 def effort_codec(tiny_model_dir) -> OscarCodec:
-    return OscarCodec.from_pretrained(tiny_model_dir, device="cpu", effort=4)
+    return OscarCodec.from_pretrained(tiny_model_dir, device="cpu", effort=8)
+
+
+@pytest.fixture(scope="module")
+def nearest_codec(tiny_model_dir) -> OscarCodec:
+    return OscarCodec.from_pretrained(tiny_model_dir, device="cpu", effort=0)
 
 
 def _latent(codec, image):
@@ -25,7 +32,7 @@ def _latent(codec, image):
     return y, torch.from_numpy(np.asarray(codes, np.uint8))[None]
 
 
-def _decoded_error(codec, level, indices, y, rms) -> float:
+def _coarse_error(codec, level, indices, y, rms) -> float:
     with torch.inference_mode(False):
         err, _, _ = IndexSearch(codec.model, level).error(
             torch.as_tensor(indices)[None], y.clone(), rms.clone(), grad=False
@@ -33,31 +40,41 @@ def _decoded_error(codec, level, indices, y, rms) -> float:
     return float(err.sum())
 
 
-def test_effort_zero_writes_the_default_bytes(tiny_codec, tiny_model_dir):
+def test_effort_zero_is_the_nearest_codeword_and_the_default_searches(
+    tiny_codec, nearest_codec, tiny_model_dir
+):
     image = make_image(48, 80)
-    explicit = OscarCodec.from_pretrained(tiny_model_dir, device="cpu", effort=0)
+    y, _ = _latent(tiny_codec, image)
+    explicit = OscarCodec.from_pretrained(tiny_model_dir, device="cpu", effort=DEFAULT_EFFORT)
+    assert tiny_codec.effort == DEFAULT_EFFORT > 0
     for level in (0, 3, 4):
+        hyper = tiny_codec.model.hyper_coder(level)
+        with torch.inference_mode():
+            nearest = hyper.quantizer.quantize(hyper.g_a(y))[0].numpy()
+        np.testing.assert_array_equal(nearest_codec.encode(image, level).indices, nearest)
         assert explicit.compress(image, level) == tiny_codec.compress(image, level)
 
 
-def test_search_lowers_the_decoded_error_and_files_decode_anywhere(tiny_codec, effort_codec):
+def test_search_lowers_the_coarse_latent_error_and_files_decode_anywhere(
+    tiny_codec, nearest_codec, effort_codec
+):
     image = make_image(64, 96, seed=3)
     y, rms = _latent(tiny_codec, image)
     changed = 0
     for level in (3, 4, 5, 7):
-        nearest = tiny_codec.encode(image, level).indices
+        nearest = nearest_codec.encode(image, level).indices
         searched = effort_codec.encode(image, level).indices
         assert searched.shape == nearest.shape and searched.dtype == np.int64
         assert searched.min() >= 0 and searched.max() < tiny_codec.rate(level).codebook_size
-        # The guarantee: the decoder's own latent error never ends above the nearest choice's.
-        before = _decoded_error(tiny_codec, level, nearest, y, rms)
-        after = _decoded_error(tiny_codec, level, searched, y, rms)
+        # The guarantee: the coarse latent's error never ends above the nearest choice's.
+        before = _coarse_error(tiny_codec, level, nearest, y, rms)
+        after = _coarse_error(tiny_codec, level, searched, y, rms)
         assert after <= before
         changed += int((searched != nearest).sum())
-        # Same model, any effort: a plain codec decodes the file, and the same bytes come twice.
+        # Same model, any effort: any codec decodes the file, and the same bytes come twice.
         data = effort_codec.compress(image, level)
         assert data == effort_codec.compress(image, level)
-        assert tiny_codec.decompress(data).shape == image.shape
+        assert nearest_codec.decompress(data).shape == image.shape
     assert changed > 0, "the search moved no token at all on four levels"
 
 
@@ -70,7 +87,9 @@ def test_search_restores_gradient_flags(tiny_model_dir):
 
 
 @pytest.mark.parametrize("level", [3, 4])
-def test_large_latents_are_searched_in_windows_that_tile_the_grid(tiny_codec, monkeypatch, level):
+def test_large_latents_are_searched_in_windows_that_tile_the_grid(
+    tiny_codec, nearest_codec, monkeypatch, level
+):
     monkeypatch.setattr(index_search, "MAX_WINDOW_POSITIONS", 16 * 16)
     monkeypatch.setattr(index_search, "WINDOW_MARGIN", 8)
     model = tiny_codec.model
@@ -85,7 +104,7 @@ def test_large_latents_are_searched_in_windows_that_tile_the_grid(tiny_codec, mo
     assert (kept == 1).all()
     image = make_image(320, 384, seed=5)
     y, _ = _latent(tiny_codec, image)
-    nearest = torch.as_tensor(tiny_codec.encode(image, level).indices)[None]
+    nearest = torch.as_tensor(nearest_codec.encode(image, level).indices)[None]
     with torch.inference_mode():
         features = model.hyper_coder(level).g_a(y)
     out = search_indices(model, y, features, level, nearest, 2)
@@ -122,7 +141,7 @@ class _Saboteur(IndexSearch):
         return torch.zeros_like(err) if self._calls % 2 else torch.ones_like(err)
 
 
-def test_the_search_never_returns_worse_indices_than_it_started_from(tiny_codec):
+def test_the_search_never_returns_worse_indices_than_it_started_from(tiny_codec, nearest_codec):
     images = [make_image(64, 96, seed=4), make_image(64, 96, seed=5)]  # a batch: checked per image
     latents = [_latent(tiny_codec, image) for image in images]
     with torch.inference_mode(False):
@@ -130,7 +149,7 @@ def test_the_search_never_returns_worse_indices_than_it_started_from(tiny_codec)
         rms = torch.cat([lat[1] for lat in latents]).clone()
         for level in (3, 4):
             nearest = torch.as_tensor(
-                np.stack([r.indices for r in tiny_codec.encode_batch(images, level)])
+                np.stack([r.indices for r in nearest_codec.encode_batch(images, level)])
             )
             saboteur = _Saboteur(tiny_codec.model, level)
             saboteur.candidates = min(8, saboteur.candidates * 4)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from oscar.effort import DEFAULT_EFFORT
 from oscar.provenance import environment, load_average
 from oscar.stages import DECODE_STAGES, ENCODE_STAGES
 
@@ -67,7 +68,7 @@ class BenchConfig:
     baseline: bool = False  # the path before tuning: default allocator, networks as diffusers
     compare_float32: bool = True  # for other dtypes, measure the pixel difference to float32
     flops: bool = True  # count floating-point operations per stage (one extra, untimed run)
-    effort: int = 0  # encoder effort (oscar.index_search)
+    effort: int = DEFAULT_EFFORT  # encoder effort (oscar.index_search)
 
 
 def parse_size(text: str) -> tuple[int, int]:

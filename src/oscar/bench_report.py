@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from oscar.effort import DEFAULT_EFFORT
 from oscar.stages import DECODE_STAGES, ENCODE_STAGES
 
 
@@ -33,8 +34,9 @@ def _spread(stats: dict[str, Any]) -> str:
 
 def config_label(result: dict[str, Any]) -> str:
     c = result["config"]
-    effort = c.get("effort", 0)  # results written before encoder effort existed have none
-    return f"{c['width']}x{c['height']}" + (f" effort {effort}" if effort else "")
+    # Results written before encoder effort existed have none: they ran nearest codewords (0).
+    effort = c.get("effort", 0)
+    return f"{c['width']}x{c['height']}" + (f" effort {effort}" if effort != DEFAULT_EFFORT else "")
 
 
 def summary_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -33,6 +33,7 @@ from oscar import bitstream
 from oscar.allocator import allocator_for_pixels
 from oscar.bitstream import Container, Header, Limits
 from oscar.device import inference_memory_format, resolve_device, resolve_dtype
+from oscar.effort import DEFAULT_EFFORT, check_effort
 from oscar.entropy import (
     FIXED_CODER_ID,
     PRIOR_CODER_ID,
@@ -47,7 +48,7 @@ from oscar.errors import (
     MalformedError,
     OscarError,
 )
-from oscar.index_search import check_effort, search_indices
+from oscar.index_search import search_indices
 from oscar.io import (
     SourceImage,
     crop,
@@ -120,7 +121,7 @@ class OscarCodec:
         tile_size: int | None = None,
         max_memory: int | None = None,
         optimize: bool = True,
-        effort: int = 0,
+        effort: int = DEFAULT_EFFORT,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -151,7 +152,7 @@ class OscarCodec:
         self.max_memory = max_memory
         self.tiling("encode", self.pad_multiple, self.pad_multiple)  # early check of the options
         # Encoder effort (oscar.index_search): rounds of index search after the nearest-codeword
-        # choice; 0 is the default encoder. The decoder and the format do not depend on it.
+        # choice (0: nearest codewords only). The decoder and the format do not depend on it.
         self.effort = check_effort(effort)
 
     @classmethod
@@ -165,7 +166,7 @@ class OscarCodec:
         tile_size: int | None = None,
         max_memory: int | None = None,
         optimize: bool = True,
-        effort: int = 0,
+        effort: int = DEFAULT_EFFORT,
     ) -> OscarCodec:
         """Load a model directory (default: the embedded model) onto a device.
 
@@ -173,8 +174,9 @@ class OscarCodec:
         inference dtype of the UNet and VAE; files are interchangeable between dtypes and devices
         (``bfloat16`` is faster on CPUs with AVX-512 BF16 and changes the pixels slightly, see
         BENCHMARKS.md). ``optimize=False`` runs the networks exactly as diffusers builds them.
-        ``effort`` > 0 makes the encoder search for better indices (slower encoding, same
-        decoder; ``oscar.index_search``).
+        ``effort`` is the number of rounds of the encoder's index search (``oscar.index_search``;
+        default DEFAULT_EFFORT, 0 = nearest codewords only: faster, lower quality); the decoder
+        is the same whatever the effort.
         """
         dev = resolve_device(device)
         dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)

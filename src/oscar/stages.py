@@ -12,7 +12,7 @@ pad                uint8 image → float tensor in [-1, 1] on the device, padded
 vae_encode         VAE encoder (posterior mean, scaled) and the per-channel RMS side info
 hyper_analysis     g_a of the level: latent y → features u
 quantize           cosine VQ: features u → indices (nearest unit-norm codeword)
-index_search       encoder effort > 0 only: search for better indices (oscar.index_search);
+index_search       effort > 0 (default 4): search for better indices (oscar.index_search);
                    then the indices go to the host
 entropy_code       index coder(s), header, checksum → file bytes
 parse              file bytes → header checks, index decoding (the typed record)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from oscar.commands.common import positive_int
+from oscar.effort import DEFAULT_EFFORT
 from oscar.errors import ConfigError
 
 DEFAULT_SIZES = "768x512"
@@ -100,9 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--effort",
         type=_int_list,
-        default="0",
+        default=str(DEFAULT_EFFORT),
         metavar="N[,N...]",
-        help="encoder efforts to time (oscar compress --effort; 0 is the default encoder)",
+        help=f"encoder efforts to time (oscar compress --effort; default {DEFAULT_EFFORT}, "
+        "the default encoder's)",
     )
     p.add_argument("-o", "--output", metavar="JSON", default=None, help="write results here")
     p.set_defaults(handler=run_bench)
@@ -112,7 +114,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from oscar.bench import BenchConfig, parse_size, run_benchmark
     from oscar.bench_report import text_report
     from oscar.device import resolve_device, resolve_dtype
-    from oscar.index_search import check_effort
+    from oscar.effort import check_effort
     from oscar.pretrained import read_config, resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from oscar.effort import DEFAULT_EFFORT
 from oscar.errors import ConfigError, OscarError
 from oscar.filetypes import find_files
 
@@ -65,11 +66,12 @@ def add_effort_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--effort",
         type=int,
-        default=0,
+        default=DEFAULT_EFFORT,
         metavar="N",
         help="encoder effort: N rounds of index search after the nearest-codeword choice "
-        "(0: off; 4: each token considered once, better quality at several times the encode "
-        "time). Decoding and the file format do not change",
+        f"(default {DEFAULT_EFFORT}: each token considered once; 0: nearest codewords only, "
+        "faster and lower quality; more: slower, slightly better). Decoding and the file "
+        "format do not change",
     )
 
 
@@ -115,7 +117,7 @@ def load_codec(args: argparse.Namespace):
         dtype=getattr(args, "dtype", "auto"),
         tile_size=getattr(args, "tile_size", None),
         max_memory=None if max_memory is None else parse_memory(max_memory),
-        effort=getattr(args, "effort", 0),
+        effort=getattr(args, "effort", DEFAULT_EFFORT),
     )
 
 

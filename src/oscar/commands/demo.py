@@ -78,7 +78,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(
         f"image {path.name}: {source.width}x{source.height}; model "
         f"{codec.loaded.directory} (fingerprint {codec.fingerprint.hex()}), "
-        f"device {codec.device}" + (f", encoder effort {codec.effort}" if codec.effort else "")
+        f"device {codec.device}, encoder effort {codec.effort}"
     )
     rates = sorted(codec.levels, key=lambda lv: lv.nominal_bpp)
     codec.decompress(codec.compress(source, rates[0].level, args.coder))  # warm-up
