@@ -129,7 +129,7 @@ class IndexSearch:
         cols = torch.arange(w, device=indices.device).view(1, -1) % self.stride
         start = current = indices
         first_total = None
-        with _no_parameter_grads(self.model):
+        with _no_parameter_grads(self.hyper):  # the only parameters the search runs through
             for r in range(rounds):
                 err, gradient, e = self.error(current, y, rms, grad=True)
                 if first_total is None:
