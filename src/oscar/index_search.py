@@ -79,12 +79,11 @@ class IndexSearch:
         """Per-token coarse-latent error (B, h, w) and, with ``grad``, its gradient w.r.t.
         codewords."""
         quantizer = self.hyper.quantizer
-        e = F.embedding(indices, quantizer.normalized_codebook())
+        e = quantizer.codewords(indices)
         with torch.set_grad_enabled(grad):
             if grad:
                 e.requires_grad_(True)
-            u = quantizer.project_out(e.to(quantizer.project_out.weight.dtype))
-            y_tilde = self.hyper.g_s(u.permute(0, 3, 1, 2))
+            y_tilde = self.hyper.g_s(quantizer.features(e))  # as HyperCoder.decode does
             z_t = self.model.to_noisy_latent(y_tilde, rms)
             err = (z_t - y).square().sum(1)
             gradient = None
@@ -123,7 +122,7 @@ class IndexSearch:
         analysis ``features`` (B, M, h, w) of latent ``y``; returns new indices."""
         with torch.no_grad():
             candidates = self.hyper.quantizer.ranked(features, self.candidates)
-            options = self.hyper.quantizer.normalized_codebook()[candidates]  # (B, h, w, C, d)
+            options = self.hyper.quantizer.codewords(candidates)  # (B, h, w, C, d)
         h, w = indices.shape[-2:]
         rows = torch.arange(h, device=indices.device).view(-1, 1) % self.stride
         cols = torch.arange(w, device=indices.device).view(1, -1) % self.stride

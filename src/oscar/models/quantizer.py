@@ -76,7 +76,15 @@ class CosineVectorQuantizer(nn.Module):
 
     def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, h, w) → features û (B, M, h, w). The decoder's only path."""
-        e = F.embedding(indices, self.normalized_codebook())
+        return self.features(self.codewords(indices))
+
+    def codewords(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices (any shape) → their unit-norm codewords e (…, d)."""
+        return F.embedding(indices, self.normalized_codebook())
+
+    def features(self, e: torch.Tensor) -> torch.Tensor:
+        """Codewords e (B, h, w, d) → features û (B, M, h, w); the encoder's index search calls
+        it on codewords that carry a gradient."""
         return self.project_out(e.to(self.project_out.weight.dtype)).permute(0, 3, 1, 2)
 
     def forward(self, u: torch.Tensor) -> QuantizerOutput:
@@ -86,5 +94,5 @@ class CosineVectorQuantizer(nn.Module):
         e = F.embedding(indices, codebook)
         commitment = self.beta * F.mse_loss(p_hat, e.detach()) + F.mse_loss(e, p_hat.detach())
         e_st = p_hat + (e - p_hat).detach()
-        features = self.project_out(e_st).permute(0, 3, 1, 2)
+        features = self.features(e_st)
         return QuantizerOutput(features, indices, commitment)
