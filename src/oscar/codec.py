@@ -60,7 +60,7 @@ from oscar.io import (
     tensor_to_image,
     to_rgb,
 )
-from oscar.models.inference import use_inplace_activations
+from oscar.models.inference import use_inplace_activations, use_subpixel_upsampling
 from oscar.pretrained import LoadedModel, load_model, resolve_model_dir
 from oscar.rates import RateLevel
 from oscar.stages import stage
@@ -134,12 +134,15 @@ class OscarCodec:
         self.pad_multiple = self.model.config.pad_multiple
         # Inference optimisations (BENCHMARKS.md); ``optimize=False`` runs the networks as
         # diffusers builds them, for comparisons. In-place VAE activations change no value. The
-        # channels-last VAE decoder (CPU) may change pixels by float rounding; the encoder keeps
-        # its layout so that the bytes written stay exactly as before. Both change the model
-        # passed in, in place: callers that go on training it pass ``optimize=False``.
+        # channels-last VAE decoder (CPU) and the sub-pixel upsampling layers of the VAE decoder
+        # and UNet may change pixels by float rounding; the encoder's networks keep their layout
+        # and layers so that the bytes written stay exactly as before. All change the model
+        # passed in, in place (training under autograd is unaffected: oscar.models.inference).
         self.memory_format = inference_memory_format(self.device, None if optimize else False)
         if optimize:
             use_inplace_activations(self.model.vae)
+            use_subpixel_upsampling(self.model.vae.decoder)
+            use_subpixel_upsampling(self.model.unet)
         for part in (self.model.vae.post_quant_conv, self.model.vae.decoder):
             if part is not None:
                 part.to(memory_format=self.memory_format)

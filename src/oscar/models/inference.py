@@ -1,4 +1,6 @@
-"""Inference-time adjustments of the diffusers VAE that change no computed value.
+"""Inference-time adjustments of the diffusers networks (under autograd they run as written).
+
+Two change no computed value:
 
 - **In-place SiLU** after each GroupNorm of the VAE's ResNet blocks and before its output
   convolutions: the normalised tensor is used only by the activation, so overwriting it saves one
@@ -6,6 +8,16 @@
 - **In-place residual sum** in the VAE's ResNet blocks: diffusers computes
   ``(input + h) / output_scale_factor``, two new tensors and a division by 1.0; ``h += input``
   gives the same values in place.
+
+One changes values only by float rounding (about 1e-6 of the activations' scale):
+
+- **Sub-pixel upsampling** in the VAE decoder and the UNet: diffusers' ``Upsample2D`` repeats
+  every pixel 2×2 (nearest neighbour) and runs a 3×3 convolution on the result. Each of the four
+  output phases (even/odd row × even/odd column) sees only a 2×2 neighbourhood of the input, with
+  some of the 3×3 taps summed, so the same result is four 2×2 convolutions at the input's
+  resolution: 4/9 of the multiply-adds and no upsampled copy (the VAE decoder's three upsampling
+  convolutions were a quarter of its time at 768×512; BENCHMARKS.md). PyTorch has no such
+  operator; :func:`nearest2x_conv3x3` is it, in terms of ``conv2d``.
 
 At 3840×2160 one 32-channel float32 activation of the decoder's last stage is about 1 GB; the
 block's input stays alive during the whole block, so every extra full-size temporary raises the
@@ -19,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 
@@ -81,5 +94,111 @@ def use_inplace_activations(vae: AutoencoderKL) -> int:
     for part in (vae.encoder, vae.decoder):
         if type(getattr(part, "conv_act", None)) is nn.SiLU:
             part.conv_act = InplaceSiLU()
+            swapped += 1
+    return swapped
+
+
+def _fold_taps(weight: torch.Tensor, phase: int, dim: int) -> torch.Tensor:
+    """The two taps along ``dim`` that a 3-tap kernel has for one phase of a 2× nearest upsampling.
+
+    Output row 2i sees upsampled rows 2i-1, 2i, 2i+1, i.e. input rows i-1, i, i: taps
+    (w0, w1 + w2) on rows (i-1, i). Output row 2i+1 sees input rows i, i, i+1: taps
+    (w0 + w1, w2) on rows (i, i+1).
+    """
+    w0, w1, w2 = weight.unbind(dim)
+    pair = (w0, w1 + w2) if phase == 0 else (w0 + w1, w2)
+    return torch.stack(pair, dim)
+
+
+def subpixel_weights(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) -> (4·C_out, C_in, 2, 2): the 2×2 kernels of the output phases
+    (even row, even column), (even, odd), (odd, even), (odd, odd), in that order."""
+    phases = []
+    for row in (0, 1):
+        rows_folded = _fold_taps(weight, row, 2)
+        for col in (0, 1):
+            phases.append(_fold_taps(rows_folded, col, 3))
+    return torch.cat(phases, 0)
+
+
+def nearest2x_conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)``, computed
+    as one 2×2 convolution with four times the output channels on ``x`` itself.
+
+    With padding 1 a 2×2 convolution gives (H+1)×(W+1) positions; phase (a, b) takes rows a..a+H-1
+    and columns b..b+W-1 of its channel group (a = 1 needs input rows i and i+1, one further down).
+    The result keeps ``x``'s memory format (channels-last or contiguous).
+    """
+    n, _, h, w = x.shape
+    c = weight.shape[0]
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    kernel = subpixel_weights(weight).contiguous(memory_format=layout)
+    phases = F.conv2d(x, kernel, None if bias is None else bias.repeat(4), padding=1)
+    if channels_last:
+        out = x.new_empty((n, h, 2, w, 2, c))
+        source = phases.permute(0, 2, 3, 1)  # a view: channels-last memory is NHWC
+        for a in (0, 1):
+            for b in (0, 1):
+                group = slice((2 * a + b) * c, (2 * a + b + 1) * c)
+                out[:, :, a, :, b, :] = source[:, a : a + h, b : b + w, group]
+        return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    out = x.new_empty((n, c, h, 2, w, 2))
+    for a in (0, 1):
+        for b in (0, 1):
+            group = slice((2 * a + b) * c, (2 * a + b + 1) * c)
+            out[:, :, :, a, :, b] = phases[:, group, a : a + h, b : b + w]
+    return out.view(n, c, 2 * h, 2 * w)
+
+
+def _upsampling_conv(module: Upsample2D) -> nn.Module | None:
+    return getattr(module, "conv" if module.name == "conv" else "Conv2d_0", None)
+
+
+def _plain_upsampler(module: nn.Module) -> bool:
+    """An Upsample2D that is nearest 2× then a plain 3×3, stride 1, padding 1 convolution."""
+    if type(module) is not Upsample2D:
+        return False
+    conv = _upsampling_conv(module)
+    return (
+        module.use_conv
+        and not module.use_conv_transpose
+        and module.interpolate
+        and module.norm is None
+        and type(conv) is nn.Conv2d
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+class SubpixelUpsample2D(Upsample2D):
+    """diffusers' Upsample2D computed by :func:`nearest2x_conv3x3` when no gradient is recorded.
+
+    Only for an exact 2× upsampling: an ``output_size`` other than twice the input (the UNet
+    passes one when the latent's sides are not multiples of its total downsampling) and
+    anything under autograd go through diffusers' code.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs):
+        h, w = hidden_states.shape[-2:]
+        exact_2x = output_size is None or tuple(output_size) == (2 * h, 2 * w)
+        if torch.is_grad_enabled() or args or kwargs or not exact_2x:
+            return super().forward(hidden_states, output_size, *args, **kwargs)
+        conv = _upsampling_conv(self)
+        return nearest2x_conv3x3(hidden_states, conv.weight, conv.bias)
+
+
+def use_subpixel_upsampling(network: nn.Module) -> int:
+    """Make a network's plain upsampling layers sub-pixel convolutions; returns how many."""
+    swapped = 0
+    for module in network.modules():
+        if _plain_upsampler(module):
+            module.__class__ = SubpixelUpsample2D
             swapped += 1
     return swapped
