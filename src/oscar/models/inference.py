@@ -135,7 +135,8 @@ def nearest2x_conv3x3(
     c = weight.shape[0]
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    kernel = subpixel_weights(weight).contiguous(memory_format=layout)
+    # Taps are summed in float32 so that half-precision weights lose nothing in the sums.
+    kernel = subpixel_weights(weight.float()).to(weight.dtype).contiguous(memory_format=layout)
     phases = F.conv2d(x, kernel, None if bias is None else bias.repeat(4), padding=1)
     if channels_last:
         out = x.new_empty((n, h, 2, w, 2, c))
