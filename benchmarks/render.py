@@ -353,8 +353,9 @@ def provenance(docs: dict[str, dict | None], run: dict | None) -> tuple[str, str
         if first is not None:
             model += f"; fingerprint {first['model']['fingerprint'][:8]}"
         lines.append(f"- Model: {model}")
-        minutes = run["elapsed_s"] / 60
-        lines.append(f"- `{run['command']}` took {minutes:.1f} minutes")
+        for part in run.get("runs") or [run]:  # several when groups were re-run on their own
+            minutes = part["elapsed_s"] / 60
+            lines.append(f"- `{part['command']}` took {minutes:.1f} minutes ({part['started']})")
     shares = [t["others_share"] for t in (run or {}).get("groups", []) if "others_share" in t]
     if shares:
         lines.append(

@@ -184,6 +184,27 @@ def run_groups(
     return timings
 
 
+def merged_with_earlier(run: dict, path: Path) -> dict:
+    """Keep what an earlier run recorded for the groups this run did not repeat.
+
+    ``--groups X`` re-runs only X; the other groups' JSON stays from the earlier run, so their
+    timings and idle-machine checks must stay in ``run.json`` too, and BENCHMARKS.md lists both
+    commands. Earlier results made with another model, level or mode are not mixed in.
+    """
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return run
+    same = all(earlier.get(k) == run[k] for k in ("model", "level", "quick"))
+    rerun = {g["group"] for g in run["groups"]}
+    kept = [g for g in earlier.get("groups", []) if g.get("group") not in rerun]
+    if not same or not kept:
+        return run
+    fields = ("command", "started", "elapsed_s")
+    before = earlier.get("runs") or [{k: earlier.get(k) for k in fields}]
+    return {**run, "groups": kept + run["groups"], "runs": [*before, {k: run[k] for k in fields}]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model directory (default: see above)")
@@ -241,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "groups": groups,
         }
+        run = merged_with_earlier(run, results / "run.json")
         (results / "run.json").write_text(json.dumps(run, indent=1) + "\n")
         print(f"all groups: {run['elapsed_s'] / 60:.1f} minutes", flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)

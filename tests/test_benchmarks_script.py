@@ -72,3 +72,26 @@ def test_one_command_runs_and_records(run_script, tiny_model_dir, tmp_path):
     assert "took" in text and "Other processes' share of the CPU" in text
     flat = " ".join(text.split())
     assert "level 7, the highest-rate level whose pseudo-timestep (t = 150)" in flat
+
+
+def test_a_partial_run_keeps_the_other_groups_records(run_script, tmp_path):
+    """`--groups X` re-runs X only: run.json keeps the other groups' timings and both commands."""
+    path = tmp_path / "run.json"
+
+    def run(command, groups, model="m"):
+        entries = [{"group": g, "elapsed_s": 1.0, "others_share": 0.01} for g in groups]
+        return {"command": command, "started": "t", "elapsed_s": 2.0, "model": model,
+                "level": 6, "quick": False, "groups": entries}  # fmt: skip
+
+    path.write_text(json.dumps(run("full", ["main", "batch"])))
+    merged = run_script.merged_with_earlier(run("--groups batch", ["batch"]), path)
+    assert [g["group"] for g in merged["groups"]] == ["main", "batch"]
+    assert [r["command"] for r in merged["runs"]] == ["full", "--groups batch"]
+    path.write_text(json.dumps(merged))  # a third partial run appends again
+    again = run_script.merged_with_earlier(run("--groups main", ["main"]), path)
+    assert [r["command"] for r in again["runs"]] == ["full", "--groups batch", "--groups main"]
+    other_model = run("--groups batch", ["batch"], model="another")
+    assert run_script.merged_with_earlier(other_model, path) == other_model
+    full = run("full", ["main", "batch"])  # nothing left to keep: a run of its own
+    assert run_script.merged_with_earlier(full, path) == full
+    assert run_script.merged_with_earlier(full, tmp_path / "missing.json") == full
