@@ -18,7 +18,7 @@ from eval_weights import write_random_weights
 from oscar import bitstream
 from oscar.cli import main
 from oscar.evaluation.baselines import get_baselines
-from oscar.evaluation.metrics import MetricSuite
+from oscar.evaluation.metrics import MetricSuite, psnr
 from oscar.evaluation.records import aggregate
 from oscar.evaluation.runner import (
     EvalOptions,
@@ -283,3 +283,26 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     ).stdout
     loaded, total = _image_counts(dom)
     assert loaded < total and "failed to load" in dom
+
+
+def test_eval_decodes_with_the_steps_asked_for(tiny_codec, tiny_model_dir, sample_dir, tmp_path):
+    """`--steps N`: every reconstruction is decompress(data, steps=N); impossible N is refused
+    before any work."""
+    images = list_images(sample_dir)[:1]
+    suite = MetricSuite(("psnr",))
+
+    def run(steps):
+        options = EvalOptions(levels=(7,), sweep=False, crops=0, warmup=False, steps=steps)
+        (record,) = evaluate_images(tiny_codec, images, [], suite, options, progress=False).records
+        return record
+
+    one, three = run(1), run(3)
+    rgb = np.asarray(Image.open(images[0][0]).convert("RGB"))
+    data = tiny_codec.compress(rgb, 7)
+    assert three.bytes == one.bytes == len(data)  # same file
+    assert three.metrics["psnr"] == pytest.approx(psnr(rgb, tiny_codec.decompress(data, steps=3)))
+    assert three.metrics["psnr"] != pytest.approx(one.metrics["psnr"])
+    out = tmp_path / "out"
+    argv = ["eval", str(images[0][0]), "-o", str(out), "--model", str(tiny_model_dir)]
+    argv += ["--levels", "7", "--baselines", "none", "--metrics", "psnr", "--steps", "151"]
+    assert main(argv) == 1 and not out.exists()  # level 7's timestep is 150

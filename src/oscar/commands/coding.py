@@ -12,6 +12,7 @@ from oscar.commands.common import (
     add_force_option,
     add_limit_options,
     add_model_options,
+    add_steps_option,
     add_tiling_options,
     load_codec,
     plan_outputs,
@@ -79,14 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help=".oscar files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
-    p.add_argument(
-        "--steps",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="denoising steps: 1 is OSCAR's one-step decoder; N > 1 runs N deterministic DDIM "
-        "steps from the level's timestep to 0 (slower; same file)",
-    )
+    add_steps_option(p)
     add_model_options(p)
     add_tiling_options(p)
     add_limit_options(p)

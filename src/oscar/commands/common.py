@@ -75,6 +75,17 @@ def add_effort_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_steps_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="denoising steps: 1 is OSCAR's one-step decoder; N > 1 runs N deterministic DDIM "
+        "steps from the level's timestep to 0 (slower; same file)",
+    )
+
+
 def add_limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-pixels",

@@ -10,6 +10,7 @@ from oscar.commands.common import (
     add_effort_option,
     add_limit_options,
     add_model_options,
+    add_steps_option,
     positive_int,
 )
 from oscar.errors import ConfigError
@@ -82,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-f", "--force", action="store_true", help="write into a non-empty OUT")
     add_effort_option(p)
+    add_steps_option(p)
     add_model_options(p)
     add_limit_options(p)
     p.set_defaults(handler=run_eval)
@@ -171,6 +173,8 @@ def run_eval(args: argparse.Namespace) -> int:
         args.device = str(shard_device)
     codec = load_codec(args)
     levels = tuple(parse_levels(args.levels, codec.model.config.level_numbers))
+    for level in levels:  # before any work: a level whose timestep cannot hold --steps
+        codec.check_steps(args.steps, level)
     anchor = args.anchor or (baselines[0].name if baselines else "oscar")
     suite = MetricSuite(
         metrics,
@@ -189,6 +193,7 @@ def run_eval(args: argparse.Namespace) -> int:
         sweep=not args.no_sweep,
         crops=args.crops,
         crop_size=args.crop_size,
+        steps=args.steps,
     )
     part = evaluate_images(codec, images, baselines, suite, options, Shard(index, count))
     if count > 1:
@@ -209,6 +214,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "model fingerprint": codec.fingerprint.hex(),
         "levels": ", ".join(map(str, levels)),
         "encoder effort": str(codec.effort),
+        "decoding steps": f"{args.steps} ({'one-step decoder' if args.steps == 1 else 'DDIM'})",
         "baselines": ", ".join(f"{b.name} ({b.options})" for b in baselines) or "none",
         "FID/KID protocol": f"{args.fid_patch}px patches"
         + ("" if args.fid_no_shift else " + half-patch-shifted grid")

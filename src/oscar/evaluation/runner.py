@@ -70,6 +70,7 @@ class EvalOptions:
         crop_size: side of the square crop, in pixels (smaller images: their shorter side).
         max_images: evaluate only the first N images (sorted by name).
         warmup: code the first image once, untimed, before timing anything.
+        steps: decoding steps of our codec (1: the one-step decoder; N: N DDIM steps).
     """
 
     levels: tuple[int, ...] | None = None
@@ -79,6 +80,7 @@ class EvalOptions:
     crop_size: int = 192
     max_images: int | None = None
     warmup: bool = True
+    steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,14 @@ def list_images(data: str | Path | Sequence[str | Path], max_images: int | None 
 
 
 # ----------------------------------------------------------------------------- our codec
-def _code_oscar(codec, source, level: int) -> tuple[bytes, np.ndarray, float, float]:
+def _code_oscar(
+    codec, source, level: int, steps: int = 1
+) -> tuple[bytes, np.ndarray, float, float]:
     start = time.perf_counter()
     data = codec.compress(source, level)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
-    rec = codec.decompress(data)
+    rec = codec.decompress(data, steps=steps)
     decode_s = time.perf_counter() - start
     if rec.ndim == 2:
         rec = np.repeat(rec[:, :, None], 3, axis=2)
@@ -343,7 +347,7 @@ def evaluate_images(
 
     # warm-up (lazy initialisation, kernel selection) so that the timings are steady ones
     if mine and options.warmup:
-        _code_oscar(codec, codec.prepare_image(mine[0][1][0]), levels[0])
+        _code_oscar(codec, codec.prepare_image(mine[0][1][0]), levels[0], options.steps)
     bar = tqdm(mine, desc="evaluating", unit="img", disable=not progress or None)
     for index, (path, name) in bar:
         bar.set_postfix_str(name[-30:])
@@ -357,7 +361,7 @@ def evaluate_images(
         ours: dict[int, float] = {}
         crop_sets: dict[int, CropSet] = {}
         for level in levels:
-            data, rec, enc_s, dec_s = _code_oscar(codec, source, level)
+            data, rec, enc_s, dec_s = _code_oscar(codec, source, level, options.steps)
             values, notes = suite.image_metrics(rgb, rec)
             record = _oscar_record(name, rgb, level, data, values, notes, enc_s, dec_s)
             result.records.append(record)
