@@ -2,6 +2,7 @@
 
     python scripts/model_card_tables.py RUN_DIR EVAL_DIR MODEL_DIR
     python scripts/model_card_tables.py --effort MODEL_DIR EVAL_DIR...   (one per encoder effort)
+    python scripts/model_card_tables.py --steps MODEL_DIR EVAL_DIR...    (one per decoding steps)
 
 Every number comes from files those commands wrote: the stages' ``done.json`` (steps, wall time,
 hardware, last logged losses, validation), the model's ``oscar.json`` (calibrated cosines and
@@ -119,43 +120,55 @@ def results_table(model: Path, evaluation: Path) -> str:
     return "\n".join(rows)
 
 
-def _ours(evaluation: Path) -> tuple[str, dict[int, dict]]:
-    """(encoder effort, per-level aggregates of our codec) of one `oscar eval` output."""
-    effort = json.loads((evaluation / "summary.json").read_text()).get("encoder effort", "0")
-    return effort, _by_level(json.loads((evaluation / "aggregates.json").read_text()))
+def _ours(evaluation: Path) -> tuple[dict, dict[int, dict]]:
+    """(summary, per-level aggregates of our codec) of one `oscar eval` output."""
+    summary = json.loads((evaluation / "summary.json").read_text())
+    return summary, _by_level(json.loads((evaluation / "aggregates.json").read_text()))
 
 
-def effort_table(model: Path, evaluations: list[Path]) -> str:
-    """Measured bpp / PSNR / MS-SSIM per level for each evaluation (each encoder effort)."""
+def _steps(summary: dict) -> str:
+    return summary.get("decoding steps", "1").split(" ")[0]  # older outputs: one step
+
+
+def comparison_table(model: Path, evaluations: list[Path], by: str) -> str:
+    """Our codec per level, one column per evaluation: ``by`` "effort" (bpp / PSNR / MS-SSIM for
+    each encoder effort) or "steps" (PSNR / MS-SSIM / mean decode seconds for each number of
+    decoding steps; the files, so the rates, are the same)."""
     nominal = {lv.level: lv.nominal_bpp for lv in read_config(model).levels}
     runs = [_ours(e) for e in evaluations]
-    head = ["level", "nominal bpp"]
-    head += [f"effort {effort}: bpp / PSNR / MS-SSIM" for effort, _ in runs]
+    if by == "effort":
+        labels = [f"effort {s.get('encoder effort', '0')}" for s, _ in runs]
+        head = [f"{label}: bpp / PSNR / MS-SSIM" for label in labels]
+    else:
+        labels = [f"{_steps(s)} step{'s' if _steps(s) != '1' else ''}" for s, _ in runs]
+        head = [f"{label}: PSNR / MS-SSIM / decode s" for label in labels]
+    head = ["level", "nominal bpp", *head]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for level in sorted(nominal):
         cells = [str(level), f"{nominal[level]:.4f}"]
         for _, ours in runs:
             a = ours.get(level)
-            m = (a or {}).get("metrics", {})
-            cells.append(
-                "–"
-                if a is None
-                else f"{a['bpp']:.4f} / {fmt(m.get('psnr'), 2)} / {fmt(m.get('ms_ssim'), 4)}"
-            )
+            if a is None:
+                cells.append("–")
+                continue
+            m = a.get("metrics", {})
+            quality = f"{fmt(m.get('psnr'), 2)} / {fmt(m.get('ms_ssim'), 4)}"
+            timed = f"{quality} / {a['decode_s']:.2f}"
+            cells.append(f"{a['bpp']:.4f} / {quality}" if by == "effort" else timed)
         rows.append("| " + " | ".join(cells) + " |")
     notes = []
-    for effort, ours in runs:
+    for label, (_, ours) in zip(labels, runs, strict=True):
         levels = sorted(ours)
         for metric in ("psnr", "ms_ssim"):
             values = [ours[lv]["metrics"].get(metric) for lv in levels]
             rising = all(b > a for a, b in itertools.pairwise(values))
-            notes.append(f"effort {effort}: {metric} rises with the level: {rising}")
+            notes.append(f"{label}: {metric} rises with the level: {rising}")
     return "\n".join(rows) + "\n\n" + "\n".join(notes)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) >= 3 and argv[0] == "--effort":
-        print(effort_table(Path(argv[1]), [Path(a) for a in argv[2:]]))
+    if len(argv) >= 3 and argv[0] in ("--effort", "--steps"):
+        print(comparison_table(Path(argv[1]), [Path(a) for a in argv[2:]], argv[0][2:]))
         return 0
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
