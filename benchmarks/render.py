@@ -43,9 +43,11 @@ def merged(*docs: dict | None) -> dict | None:
     return {**present[0], "results": [r for d in present for r in d["results"]]}
 
 
-def find(doc: dict | None, width: int, height: int) -> dict | None:
+def find(doc: dict | None, width: int, height: int, dtype: str | None = None) -> dict | None:
     for r in (doc or {}).get("results", []):
-        if (r["config"]["width"], r["config"]["height"]) == (width, height):
+        if (r["config"]["width"], r["config"]["height"]) != (width, height):
+            continue
+        if dtype is None or r["runtime"]["dtype"] == dtype:
             return r
     return None
 
@@ -264,7 +266,9 @@ def memory_table(before: dict | None, after: dict | None) -> str:
 def bf16_table(doc: dict | None, fp32: dict | None) -> str:
     from oscar.bench_report import markdown_table
 
-    r, f = find(doc, *TARGET_SIZE), find(fp32, *TARGET_SIZE)
+    # float32 from the same group's run when it has one (same conditions), else the main group
+    r = find(doc, *TARGET_SIZE, dtype="bfloat16")
+    f = find(doc, *TARGET_SIZE, dtype="float32") or find(fp32, *TARGET_SIZE)
     if r is None or "vs_float32" not in r:
         return "_No results yet._"
     d = r["vs_float32"]

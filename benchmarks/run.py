@@ -73,8 +73,11 @@ GROUPS: dict[str, tuple[str, list[str], list[str] | None]] = {
         None,
     ),
     "bfloat16": (
-        "768×512 in bfloat16 (opt-in), with its difference to float32",
-        ["--sizes", "768x512", "--steps", "1,4,20", "--dtype", "bfloat16", "--repeats", "5"],
+        "768×512 in float32 and in bfloat16 (opt-in), with bfloat16's difference to float32",
+        [
+            *("--sizes", "768x512", "--steps", "1,4,20"),
+            *("--dtype", "float32,bfloat16", "--repeats", "5"),
+        ],
         ["--sizes", "768x512", "--steps", "1", "--dtype", "bfloat16", "--repeats", "1"],
     ),
     "batch": (
