@@ -185,6 +185,30 @@ def test_init_and_fit_priors(tmp_path, sample_dir, capsys):
     assert sorted(priors.tables) == [0, 7]
 
 
+def test_fit_priors_counts_the_indices_of_the_effort_asked_for(tmp_path, sample_dir):
+    """--effort N: the tables are those of the indices an encoder of that effort writes (the
+    default: the encoder's default effort); efforts 0 and 4 give different tables here."""
+    from oscar.codec import OscarCodec
+    from oscar.effort import DEFAULT_EFFORT
+    from oscar.pretrained import load_model
+    from oscar.prior_fitting import fit_priors
+
+    base = tmp_path / "m"
+    assert main(["init", str(CONFIGS / "tiny.json"), "-o", str(base)]) == 0
+    images = sorted(sample_dir.glob("*.png"))
+    tables = {}
+    for effort in (0, DEFAULT_EFFORT):
+        model = tmp_path / f"e{effort}"
+        shutil.copytree(base, model)
+        option = [] if effort == DEFAULT_EFFORT else ["--effort", str(effort)]
+        assert main(["fit-priors", str(model), *map(str, images), "--levels", "0", *option]) == 0
+        tables[effort] = load_model(model).priors.table(0)
+        codec = OscarCodec.from_pretrained(base, device="cpu", effort=effort)
+        expected, _ = fit_priors(codec, images, [0], progress=False)
+        assert np.array_equal(tables[effort], expected.table(0))
+    assert not np.array_equal(tables[0], tables[DEFAULT_EFFORT])
+
+
 def test_installed_command(tiny_model_dir, tmp_path):
     exe = shutil.which("oscar") or str(__import__("pathlib").Path(sys.executable).parent / "oscar")
     Image.fromarray(make_image(33, 47)).save(tmp_path / "a.png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oscar.effort import DEFAULT_EFFORT
 from oscar.errors import ConfigError
 
 
@@ -45,6 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="use at most N")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--base-model", metavar="DIR", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--effort",
+        type=int,
+        default=DEFAULT_EFFORT,
+        metavar="N",
+        help="encoder effort whose indices are counted (default: the encoder's default, so the "
+        "tables fit the files `oscar compress` writes; the embedded model's were fitted at 0)",
+    )
     p.set_defaults(handler=run_fit_priors)
 
     p = sub.add_parser(
@@ -113,7 +122,7 @@ def run_fit_priors(args: argparse.Namespace) -> int:
     from oscar.priors import IndexPriors
 
     codec = OscarCodec.from_pretrained(
-        args.model_dir, device=args.device, base_model=args.base_model
+        args.model_dir, device=args.device, base_model=args.base_model, effort=args.effort
     )
     levels = parse_levels(args.levels, codec.model.config.level_numbers)
     images = find_images(args.data)[: args.max_images]
