@@ -62,13 +62,15 @@ def add_tiling_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_effort_option(parser: argparse.ArgumentParser) -> None:
+def add_effort_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--effort N``; ``help`` replaces the text of the encoding commands (fit-priors)."""
     parser.add_argument(
         "--effort",
         type=int,
         default=DEFAULT_EFFORT,
         metavar="N",
-        help="encoder effort: N rounds of index search after the nearest-codeword choice "
+        help=help
+        or "encoder effort: N rounds of index search after the nearest-codeword choice "
         f"(default {DEFAULT_EFFORT}: each token considered once; 0: nearest codewords only, "
         "faster and lower quality; more: slower, slightly better). Decoding and the file "
         "format do not change",

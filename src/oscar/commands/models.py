@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oscar.effort import DEFAULT_EFFORT
+from oscar.commands.common import add_effort_option
 from oscar.errors import ConfigError
 
 
@@ -46,11 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="use at most N")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--base-model", metavar="DIR", default=None, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--effort",
-        type=int,
-        default=DEFAULT_EFFORT,
-        metavar="N",
+    add_effort_option(
+        p,
         help="encoder effort whose indices are counted (default: the encoder's default, so the "
         "tables fit the files `oscar compress` writes; the embedded model's were fitted at 0)",
     )
