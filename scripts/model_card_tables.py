@@ -126,8 +126,9 @@ def _ours(evaluation: Path) -> tuple[dict, dict[int, dict]]:
     return summary, _by_level(json.loads((evaluation / "aggregates.json").read_text()))
 
 
-def _steps(summary: dict) -> str:
-    return summary.get("decoding steps", "1").split(" ")[0]  # older outputs: one step
+def _steps_label(summary: dict) -> str:
+    steps = summary.get("decoding steps", "1").split(" ")[0]  # older outputs: one step
+    return f"{steps} step" + ("" if steps == "1" else "s")
 
 
 def comparison_table(model: Path, evaluations: list[Path], by: str) -> str:
@@ -140,7 +141,7 @@ def comparison_table(model: Path, evaluations: list[Path], by: str) -> str:
         labels = [f"effort {s.get('encoder effort', '0')}" for s, _ in runs]
         head = [f"{label}: bpp / PSNR / MS-SSIM" for label in labels]
     else:
-        labels = [f"{_steps(s)} step{'s' if _steps(s) != '1' else ''}" for s, _ in runs]
+        labels = [_steps_label(s) for s, _ in runs]
         head = [f"{label}: PSNR / MS-SSIM / decode s" for label in labels]
     head = ["level", "nominal bpp", *head]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
