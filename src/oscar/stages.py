@@ -3,7 +3,9 @@
 ``OscarCodec`` wraps each step of its pipeline in ``with stage("…"):``. Without a recorder (the
 normal case) that is a no-op costing one context-variable lookup. ``oscar bench`` installs a
 recorder with :func:`recording`, so the timings it reports come from the very code paths that
-``compress`` and ``decompress`` run, not from a copy of the pipeline.
+``compress`` and ``decompress`` run, not from a copy of the pipeline; the ``oscar`` command's
+progress bar (``oscar.progress``) is another recorder, which loops inside a stage feed through
+:func:`progress`.
 
 Stages, in pipeline order (what each one covers):
 
@@ -53,6 +55,17 @@ def stage(name: str) -> Iterator[None]:
         return
     with recorder.measure(name):
         yield
+
+
+def progress(what: str, current: int, total: int) -> None:
+    """Report that ``what`` number ``current`` of ``total`` (a DDIM step, a tile) starts.
+
+    For progress displays (``oscar.progress``); a no-op unless the installed recorder has an
+    ``inner_progress`` method.
+    """
+    report = getattr(_recorder.get(), "inner_progress", None)
+    if report is not None:
+        report(what, current, total)
 
 
 @contextmanager

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from oscar import stages
 from oscar.errors import ConfigError
 from oscar.rates import VAE_FACTOR
 
@@ -141,6 +142,7 @@ def tiled_map(
         for j, x0 in enumerate(xs):
             iy, ix = y0 * in_scale, x0 * in_scale
             tile = x[..., iy : iy + th * in_scale, ix : ix + tw * in_scale]
+            stages.progress("tile", i * len(xs) + j + 1, len(ys) * len(xs))
             result = fn(tile).float()
             if out is None:
                 shape = (*result.shape[:-2], h * out_scale, w * out_scale)

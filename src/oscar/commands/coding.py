@@ -23,6 +23,7 @@ from oscar.commands.common import (
 from oscar.errors import ConfigError
 from oscar.filetypes import IMAGE_SUFFIXES
 from oscar.filetypes import OSCAR_SUFFIX as FILE_SUFFIX
+from oscar.stages import DECODE_STAGES, ENCODE_STAGES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +138,7 @@ def run_compress(args: argparse.Namespace) -> int:
         bpp = len(data) * 8 / (source.height * source.width)
         return f"{job.source} -> {job.target}: level {chosen}, {len(data)} bytes, {bpp:.4f} bpp"
 
-    return run_batch(jobs, work, "compressing")
+    return run_batch(jobs, work, "compressing", ENCODE_STAGES)
 
 
 def run_decompress(args: argparse.Namespace) -> int:
@@ -153,7 +154,7 @@ def run_decompress(args: argparse.Namespace) -> int:
         save_image(image, job.target, force=args.force)
         return f"{job.source} -> {job.target}: {image.shape[1]}x{image.shape[0]}"
 
-    return run_batch(jobs, work, "decompressing")
+    return run_batch(jobs, work, "decompressing", DECODE_STAGES)
 
 
 def _refuse_existing(jobs: list[Job], force: bool) -> None:

@@ -6,7 +6,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,9 +192,27 @@ def plan_outputs(
     return jobs
 
 
-def run_batch(jobs: Sequence[Job], work: Callable[[Job], str], desc: str) -> int:
+@contextmanager
+def _stage_bar(stages: Sequence[str], job: Job, stacked: bool) -> Iterator[None]:
+    """The stage progress bar of one file (under the per-file bar when ``stacked``), if any."""
+    if not stages:
+        yield
+        return
+    from oscar.progress import StageProgress
+    from oscar.stages import recording
+
+    position = 1 if stacked else 0
+    with StageProgress(stages, job.source.name, position=position) as bar, recording(bar):
+        yield
+
+
+def run_batch(
+    jobs: Sequence[Job], work: Callable[[Job], str], desc: str, stages: Sequence[str] = ()
+) -> int:
     """Run ``work`` on every job; a failure is reported with its file and the rest go on.
 
+    With ``stages`` (the codec stages ``work`` runs, in order), each file also gets a progress
+    bar of its stages (``oscar.progress``; on a terminal, for calls longer than a second).
     Returns the exit code: 0 when all succeeded, 1 when any failed.
     """
     from tqdm.auto import tqdm
@@ -203,7 +222,8 @@ def run_batch(jobs: Sequence[Job], work: Callable[[Job], str], desc: str) -> int
     bar = tqdm(jobs, desc=desc, unit="file", disable=not show_bar or None, file=sys.stderr)
     for job in bar:
         try:
-            line = work(job)
+            with _stage_bar(stages, job, stacked=show_bar):
+                line = work(job)
         except OscarError as exc:
             failed += 1
             text = str(exc)

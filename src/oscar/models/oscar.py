@@ -19,6 +19,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
+from oscar import stages
 from oscar.config import ModelConfig
 from oscar.models.hyper import HyperCoder
 from oscar.models.norms import channel_rms, dequantize_rms, quantize_rms, rescale_channels
@@ -149,6 +150,8 @@ class OscarModel(nn.Module):
         timesteps = ddim_timesteps(timestep, steps)
         z = z_t.float()
         for i, t_i in enumerate(timesteps):
+            if len(timesteps) > 1:
+                stages.progress("step", i + 1, len(timesteps))
             t = torch.full((z.shape[0],), t_i, dtype=torch.long, device=z.device)
             out = self.unet_output(z, t, tiles)
             alpha_bar = self.schedule.alpha_bar(t_i)
