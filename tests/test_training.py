@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from oscar.training.recipe import run_recipe, stage_dir
 from oscar.training.stage0 import DiffusionStage, VAEStage
 from oscar.training.stage1 import HyperStage
 from oscar.training.stage2 import JointStage
+from oscar.training.stage3 import DecoderStage
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,7 @@ LEARNING = [
         "loss/total",
         {"lr": 1e-3, "loss": {"adversarial": 0.0, "perceptual_kind": "ms_ssim"}},
     ),
+    (DecoderStage, "decoder", "loss/total", {"lr": 3e-3, "loss": {"perceptual_kind": "ms_ssim"}}),
 ]
 
 
@@ -106,6 +109,8 @@ def test_stage_loss_decreases_on_a_fixed_batch(cls, kind, key, options, tmp_path
     stage.ctx.generator = lambda step, stream: torch.Generator().manual_seed(stream)
     if kind == "joint":
         stage.level_for_step = lambda step: 7
+    if kind == "decoder":
+        stage.latent_for_step = lambda step: 7
     losses = [stage.train_step(step)[key] for step in range(30)]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
 
@@ -384,6 +389,53 @@ def test_refining_one_level_of_a_finished_model_leaves_every_other_part_bit_iden
         if lv != 4:
             assert after.model.rate(lv) == before.model.rate(lv)
             assert np.array_equal(after.priors.tables[lv], before.priors.tables[lv])
+
+
+def test_refining_the_decoder_leaves_everything_else_and_the_priors_bit_identical(
+    tmp_path, data_dirs, tiny_model_dir
+):
+    """Stage 3 trains the VAE decoder alone: files keep their indices, rates and priors."""
+    config = recipe(
+        tmp_path,
+        data_dirs,
+        [
+            {
+                "kind": "decoder",
+                "steps": 4,
+                "batch_size": 2,
+                "lr": 1e-3,
+                "clean_latent_fraction": 0.5,
+                "loss": {"perceptual_kind": "ms_ssim"},
+            }
+        ],
+        init_from=str(tiny_model_dir),
+    )
+    stage = config.stages[0]
+    draws = [
+        DecoderStage.latent_for_step(
+            SimpleNamespace(ctx=SimpleNamespace(config=config), stage=stage, latent_levels=[0, 7]),
+            n,
+        )
+        for n in range(20)
+    ]
+    assert None in draws and {0, 7} <= set(draws)  # both kinds of latent, every level
+    final = run_recipe(config)
+    before, after = load_model(tiny_model_dir), load_model(final)
+    old = before.model.state_dict()
+    changed = {k for k, v in after.model.state_dict().items() if not torch.equal(v, old[k])}
+    assert changed and all(k.startswith(("vae.decoder.", "vae.post_quant_conv.")) for k in changed)
+    assert any(k.startswith("vae.decoder.up_blocks") for k in changed)
+    for lv in before.model.config.level_numbers:
+        assert after.model.rate(lv) == before.model.rate(lv)
+        assert np.array_equal(after.priors.tables[lv], before.priors.tables[lv])
+    image = make_image(64, 64, seed=3)
+    old_codec = OscarCodec.from_pretrained(tiny_model_dir, device="cpu")
+    new_codec = OscarCodec.from_pretrained(final, device="cpu")
+    record = old_codec.encode(image, 5)
+    assert np.array_equal(new_codec.encode(image, 5).indices, record.indices)
+    assert not np.array_equal(new_codec.decode(record), old_codec.decode(record))
+    with pytest.raises(ConfigError, match="clean_latent_fraction"):
+        recipe(tmp_path, data_dirs, [{"kind": "decoder", "steps": 2, "clean_latent_fraction": 2}])
 
 
 def test_unknown_recipe_fields_are_errors(tmp_path, data_dirs):

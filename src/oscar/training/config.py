@@ -16,8 +16,9 @@ model the previous stage wrote::
       - {kind: priors}
 
 Stage kinds (method.md §4-5): ``vae`` and ``diffusion`` (stage 0, models trained from scratch),
-``hyper`` (stage 1), ``calibrate``, ``joint`` (stage 2), ``priors``, and ``add_level`` (adds a
-new rate level whose hyper-coder the next ``hyper`` stage trains).
+``hyper`` (stage 1), ``calibrate``, ``joint`` (stage 2), ``decoder`` (refines the VAE decoder
+alone, oscar.training.stage3), ``priors``, and ``add_level`` (adds a new rate level whose
+hyper-coder the next ``hyper`` stage trains).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from typing import Any, Literal
 
 from oscar.errors import ConfigError
 
-StageKind = Literal["vae", "diffusion", "hyper", "calibrate", "joint", "priors", "add_level"]
-TRAINING_KINDS = ("vae", "diffusion", "hyper", "joint")
+StageKind = Literal[
+    "vae", "diffusion", "hyper", "calibrate", "joint", "decoder", "priors", "add_level"
+]
+TRAINING_KINDS = ("vae", "diffusion", "hyper", "joint", "decoder")
 PerceptualKind = Literal["lpips_vgg", "lpips_alex", "dists", "ms_ssim", "none"]
 
 
@@ -112,6 +115,8 @@ class StageConfig:
     train_unet: Literal["full", "lora", "frozen"] = "full"
     loss: LossConfig = field(default_factory=LossConfig)
     dead_code_interval: int = 100
+    # decoder only: share of steps that decode the encoder's latents (the rest: codec latents)
+    clean_latent_fraction: float = 0.5
     # add_level only
     grid_factor: int | None = None
     codebook_size: int | None = None
@@ -123,6 +128,7 @@ class StageConfig:
             "hyper",
             "calibrate",
             "joint",
+            "decoder",
             "priors",
             "add_level",
         ):
@@ -138,6 +144,8 @@ class StageConfig:
                 raise ConfigError(f"stage {self.kind}: lr must be > 0")
         if self.kind == "add_level" and (self.grid_factor is None or self.codebook_size is None):
             raise ConfigError("stage add_level needs grid_factor and codebook_size")
+        if not 0.0 <= self.clean_latent_fraction <= 1.0:
+            raise ConfigError("clean_latent_fraction must be in [0, 1]")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError("ema_decay must be in (0, 1)")
 

@@ -97,7 +97,7 @@ def _build_model(config: TrainConfig, source: Path | None, device: torch.device)
 
 def _trains_base_weights(stage: StageConfig) -> bool:
     """Whether a stage changes VAE or UNet weights that a base folder would otherwise supply."""
-    return stage.kind in ("vae", "diffusion") or (
+    return stage.kind in ("vae", "diffusion", "decoder") or (
         stage.kind == "joint" and stage.train_unet == "full"
     )
 
@@ -161,8 +161,15 @@ def _run_training(ctx: LoopContext, model: OscarModel, priors, record: dict, max
     from oscar.training.stage0 import DiffusionStage, VAEStage
     from oscar.training.stage1 import HyperStage
     from oscar.training.stage2 import JointStage
+    from oscar.training.stage3 import DecoderStage
 
-    kinds = {"vae": VAEStage, "diffusion": DiffusionStage, "hyper": HyperStage, "joint": JointStage}
+    kinds = {
+        "vae": VAEStage,
+        "diffusion": DiffusionStage,
+        "hyper": HyperStage,
+        "joint": JointStage,
+        "decoder": DecoderStage,
+    }
     stage = kinds[ctx.stage.kind](ctx, model)
     stage.setup()
     gen_params = [p for p in model.parameters() if p.requires_grad]
@@ -197,7 +204,7 @@ def _run_training(ctx: LoopContext, model: OscarModel, priors, record: dict, max
 
 def _still_valid(priors, stage_config: StageConfig, stage) -> IndexPriors | None:
     """The prior tables a training stage leaves valid: indices depend only on the VAE encoder
-    and each level's analysis and codebook, never on the UNet."""
+    and each level's analysis and codebook, never on the UNet or the VAE decoder."""
     if priors is None or stage_config.kind == "vae":
         return None
     trained = set(getattr(stage, "levels", ()))

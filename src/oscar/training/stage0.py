@@ -96,25 +96,8 @@ class VAEStage(Stage):
             logs["loss/d"] = value(d_loss)
         return logs
 
-    @torch.no_grad()
     def validate(self, step: int) -> dict[str, float]:
-        if not self.validation_images or not self.ctx.is_main:
-            return {}
-        from oscar.evaluation.metrics import psnr
-        from oscar.io import crop, image_to_tensor, load_image, pad, tensor_to_image
-
-        vae = self.model.vae
-        vae.eval()
-        values = []
-        for path in self.validation_images:
-            rgb = load_image(path).rgb
-            x = image_to_tensor(rgb).to(self.ctx.device)
-            x_hat = vae.decode(vae.encode(pad(x, 8)).latent_dist.mean).sample.clamp(-1, 1)
-            values.append(psnr(rgb, tensor_to_image(crop(x_hat, *rgb.shape[:2]))))
-        vae.train()
-        metrics = {"val/vae_psnr": sum(values) / len(values)}
-        self.log_validation(metrics, step)
-        return metrics
+        return autoencoder_psnr(self, step)
 
     @torch.no_grad()
     def finish(self):
@@ -130,6 +113,29 @@ class VAEStage(Stage):
         self.model.config = replace(self.model.config, vae=dict(vae.config))
         log.info("latent std %.4f: scaling_factor set to %.5f", std, factor)
         return self.model
+
+
+@torch.no_grad()
+def autoencoder_psnr(stage: Stage, step: int) -> dict[str, float]:
+    """Mean PSNR of the autoencoder's own reconstruction of the held-out images (logged)."""
+    if not stage.validation_images or not stage.ctx.is_main:
+        return {}
+    from oscar.evaluation.metrics import psnr
+    from oscar.io import crop, image_to_tensor, load_image, pad, tensor_to_image
+
+    vae = stage.model.vae
+    was_training = vae.training
+    vae.eval()
+    values = []
+    for path in stage.validation_images:
+        rgb = load_image(path).rgb
+        x = image_to_tensor(rgb).to(stage.ctx.device)
+        x_hat = vae.decode(vae.encode(pad(x, 8)).latent_dist.mean).sample.clamp(-1, 1)
+        values.append(psnr(rgb, tensor_to_image(crop(x_hat, *rgb.shape[:2]))))
+    vae.train(was_training)
+    metrics = {"val/vae_psnr": sum(values) / len(values)}
+    stage.log_validation(metrics, step)
+    return metrics
 
 
 class _Denoiser(nn.Module):

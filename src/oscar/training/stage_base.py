@@ -21,7 +21,7 @@ from oscar.training.loop import LoopContext
 log = logging.getLogger(__name__)
 
 # Each stage kind draws its crops from its own stream of sample numbers.
-DATA_STREAMS = {"vae": 1, "diffusion": 2, "hyper": 3, "joint": 4}
+DATA_STREAMS = {"vae": 1, "diffusion": 2, "hyper": 3, "joint": 4, "decoder": 5}
 
 
 class Stage:

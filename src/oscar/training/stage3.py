@@ -1,0 +1,98 @@
+"""Stage 3 (optional, for models trained from scratch): refine the VAE decoder alone.
+
+The `small` recipe trains its autoencoder for a few thousand steps (minutes on two CPU cores),
+after which everything else is fitted to that autoencoder's latent space. The decoder can keep
+learning without moving the latent space: this stage trains only ``vae.decoder`` and
+``vae.post_quant_conv``; the encoder, the hyper-coders, the UNet and the prompt stay
+bit-identical, so every file's indices, the rate table and the entropy priors are unchanged.
+
+Each step draws its latents (from the recipe's seed and the step only, the same on every
+process): with probability ``clean_latent_fraction`` the encoder's latents of the crops (what
+the autoencoder's own reconstruction decodes), otherwise the one-step codec's denoised latents
+y_hat at one of the stage's ``levels`` (what the decoder meets when decoding files; computed
+without gradients, nearest-codeword indices). Loss: ``l1``·L1(x_hat, x) + ``perceptual``·P.
+The other loss weights are not read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from oscar.training.loop import backward_and_step, make_optimized
+from oscar.training.losses import l1, make_perceptual, value
+from oscar.training.stage1 import resolve_levels
+from oscar.training.stage_base import Stage
+
+
+class _DecoderForward(nn.Module):
+    """(x, level or None) → x_hat: gradients reach the VAE decoder only."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, level: int | None) -> torch.Tensor:
+        model = self.model
+        with torch.no_grad():
+            y = model.encode_latent(x)
+            if level is not None:
+                hyper = model.hyper_coder(level)(y)
+                z_t = model.to_noisy_latent(hyper.y_tilde, model.side_info(y))
+                y = model.denoise(z_t, model.rate(level).timestep)
+        return model.decode_latent(y)
+
+
+class DecoderStage(Stage):
+    def setup(self) -> None:
+        sc = self.stage
+        model = self.model
+        self.check_patch_size()
+        self.latent_levels = resolve_levels(model, sc.levels)
+        model.requires_grad_(False)
+        model.eval()
+        vae = model.vae
+        for part in (vae.decoder, vae.post_quant_conv):
+            if part is not None:
+                part.requires_grad_(True).train()
+        if self.ctx.config.gradient_checkpointing:
+            vae.enable_gradient_checkpointing()
+        self.gen = make_optimized(self.ctx, "decoder", _DecoderForward(model), sc.lr, sc.steps)
+        self.perceptual, self.perceptual_name = make_perceptual(
+            sc.loss.perceptual_kind, sc.loss.perceptual_fallback, self.ctx.config.weights_dir
+        )
+
+    def latent_for_step(self, step: int) -> int | None:
+        """None (the encoder's latents) or a level; from (seed, step) only."""
+        rng = np.random.default_rng([self.ctx.config.seed, step, 11])
+        if rng.random() < self.stage.clean_latent_fraction:
+            return None
+        return self.latent_levels[int(rng.integers(len(self.latent_levels)))]
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.stage.loss
+        level = self.latent_for_step(step)
+        losses, logs = [], {"level": -1.0 if level is None else float(level)}
+        for x in self.micro_batches():
+            with self.autocast():
+                x_hat = self.gen.module(x, level)
+                rec, perc = l1(x_hat, x), self.perceptual(x_hat, x)
+                loss = cfg.l1 * rec + cfg.perceptual * perc
+            losses.append(loss)
+            logs.update(
+                {
+                    "loss/l1": value(rec),
+                    f"loss/{self.perceptual_name}": value(perc),
+                    "loss/total": value(loss),
+                }
+            )
+        backward_and_step(self.ctx, self.gen, losses)
+        return logs
+
+    def validate(self, step: int) -> dict[str, float]:
+        from oscar.training.stage0 import autoencoder_psnr
+
+        metrics = autoencoder_psnr(self, step)
+        metrics.update(self.validate_codec(step, self.latent_levels))
+        return metrics
