@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Turn a finished `oscar train configs/train_small.yaml` run into the embedded model and measure it.
+# Turn a finished training run into the embedded model and measure it.
 #
 #   scripts/ship_small_model.sh [RUN_DIR] [EVAL_DIR]     (defaults: runs/small, results/small-heldout)
 #
-# 1. export the final model with float16 weights into src/oscar/weights/small (computation stays
-#    float32; the package ships the float16 files);
+# The embedded model came from three runs, each shipped with this script: configs/train_small.yaml
+# (runs/small), configs/train_small_refine.yaml (runs/small-refine, from runs/small) and
+# configs/train_small_decoder.yaml (runs/small-decoder, from the shipped weights).
+#
+# 1. export the run's last stage's model with float16 weights into src/oscar/weights/small
+#    (computation stays float32; the package ships the float16 files);
 # 2. refit the entropy-coder priors on the exported weights (float16 rounding can move indices),
 #    on nearest-codeword indices (--effort 0), as the shipped priors were fitted before the
-#    encoder's index search existed: this reproduces the shipped fingerprint 037e32e2;
+#    encoder's index search existed (the decoder-only run keeps the same tables);
 # 3. evaluate on the held-out split against JPEG, WebP, AVIF and JPEG XL at matched measured bpp
 #    (real bytes; --no-sweep keeps it to about 15 minutes on 2 cores);
 # 4. copy the rate-distortion plot into docs/images/ and print the model card's tables
@@ -16,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/small}
 out=${2:-results/small-heldout}
-final=$(ls -d "$run"/*-priors/model | tail -n 1)
+final=$(ls -d "$run"/[0-9][0-9]-*/model | tail -n 1)
 oscar export "$final" -o src/oscar/weights/small --dtype float16 --force
 oscar fit-priors src/oscar/weights/small data/wallpapers/train --effort 0
 oscar eval data/wallpapers/heldout --model src/oscar/weights/small \

@@ -458,6 +458,13 @@ def test_shipped_recipes_parse():
             assert (stage.patch_size or config.data.patch_size) % arch.pad_multiple == 0, name
             if stage.train_unet == "lora":
                 assert arch.lora is not None, name
+    # Recipes that continue the embedded model (init_from: a model directory, not an architecture)
+    for name in ("train_small_refine.yaml", "train_small_decoder.yaml"):
+        config = TrainConfig.load(CONFIGS / name)
+        assert config.init_from and config.stages, name
+        arch = ModelConfig.from_json_file(CONFIGS / "small.json")
+        for stage in config.stages:
+            assert (stage.patch_size or config.data.patch_size) % arch.pad_multiple == 0, name
 
 
 def test_periodic_validation_uses_the_evaluation_code(tmp_path, data_dirs, tiny_model_dir):
