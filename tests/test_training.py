@@ -111,6 +111,8 @@ def test_stage_loss_decreases_on_a_fixed_batch(cls, kind, key, options, tmp_path
         stage.level_for_step = lambda step: 7
     if kind == "decoder":
         stage.latent_for_step = lambda step: 7
+        stage.validate(0)  # leaves the model in eval mode; the decoder must train on
+        assert stage.model.vae.decoder.training and not stage.model.vae.encoder.training
     losses = [stage.train_step(step)[key] for step in range(30)]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
 

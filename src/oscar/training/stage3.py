@@ -53,9 +53,9 @@ class DecoderStage(Stage):
         model.requires_grad_(False)
         model.eval()
         vae = model.vae
-        for part in (vae.decoder, vae.post_quant_conv):
-            if part is not None:
-                part.requires_grad_(True).train()
+        self.trained_parts = [p for p in (vae.decoder, vae.post_quant_conv) if p is not None]
+        for part in self.trained_parts:
+            part.requires_grad_(True).train()
         if self.ctx.config.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
         self.gen = make_optimized(self.ctx, "decoder", _DecoderForward(model), sc.lr, sc.steps)
@@ -95,4 +95,6 @@ class DecoderStage(Stage):
 
         metrics = autoencoder_psnr(self, step)
         metrics.update(self.validate_codec(step, self.latent_levels))
+        for part in self.trained_parts:  # both checks leave the whole model in eval mode
+            part.train()
         return metrics
