@@ -94,15 +94,16 @@ class StageProgress:
         self._render()
 
     def _render(self) -> None:
+        now = time.monotonic()
+        if self.bar.disable or now < self._show_from or now - self._drawn < self._interval:
+            return  # the next redraw shows the state as it is then
+        self._drawn = now
         inner = ", ".join(f"{what} {n}/{total}" for what, (n, total) in self._inner.items())
         text = f"{self.label}: {self._stage}" + (f" ({inner})" if inner else "")
         self.bar.set_description_str(text, refresh=False)
-        now = time.monotonic()
-        if not self.bar.disable and now >= self._show_from and now - self._drawn >= self._interval:
-            self._drawn = now
-            self.bar.refresh()
-            # What update() records when it draws: close() clears the line only if it is set.
-            self.bar.last_print_t = time.time()  # tqdm's clock
+        self.bar.refresh()
+        # What update() records when it draws: close() clears the line only if it is set.
+        self.bar.last_print_t = time.time()  # tqdm's clock
 
     def close(self) -> None:
         self.bar.close()
