@@ -21,7 +21,7 @@ from torch import nn
 
 from oscar import stages
 from oscar.config import ModelConfig
-from oscar.models.hyper import HyperCoder
+from oscar.models.hyper import HyperCoder, HyperOutput
 from oscar.models.norms import channel_rms, dequantize_rms, quantize_rms, rescale_channels
 from oscar.models.schedule import (
     NoiseSchedule,
@@ -177,12 +177,19 @@ class OscarModel(nn.Module):
         y_hat = self.denoise(z_t, self.rate(level).timestep, tiles, steps=steps)
         return self.decode_latent(y_hat, tiles)
 
+    def code_latent(
+        self, y: torch.Tensor, level: int
+    ) -> tuple[HyperOutput, torch.Tensor, torch.Tensor]:
+        """Latent y → (hyper-coder output, z_t, y_hat): the one-step codec in latent space,
+        straight-through quantisation."""
+        hyper = self.hyper_coder(level)(y)
+        z_t = self.to_noisy_latent(hyper.y_tilde, self.side_info(y))
+        return hyper, z_t, self.denoise(z_t, self.rate(level).timestep)
+
     def forward(self, x: torch.Tensor, level: int) -> OscarOutput:
         """Training/analysis pass with straight-through quantisation (same value as coding)."""
         y = self.encode_latent(x)
-        hyper = self.hyper_coder(level)(y)
-        z_t = self.to_noisy_latent(hyper.y_tilde, self.side_info(y))
-        y_hat = self.denoise(z_t, self.rate(level).timestep)
+        hyper, z_t, y_hat = self.code_latent(y, level)
         x_hat = self.decode_latent(y_hat)
         return OscarOutput(
             x_hat, y, hyper.y_tilde, z_t, y_hat, hyper.indices, hyper.commitment_loss

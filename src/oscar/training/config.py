@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from oscar.errors import ConfigError
 
@@ -122,16 +122,7 @@ class StageConfig:
     codebook_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in (
-            "vae",
-            "diffusion",
-            "hyper",
-            "calibrate",
-            "joint",
-            "decoder",
-            "priors",
-            "add_level",
-        ):
+        if self.kind not in get_args(StageKind):
             raise ConfigError(f"unknown stage kind {self.kind!r}")
         if isinstance(self.levels, list):
             object.__setattr__(self, "levels", tuple(self.levels))

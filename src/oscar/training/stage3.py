@@ -38,9 +38,7 @@ class _DecoderForward(nn.Module):
         with torch.no_grad():
             y = model.encode_latent(x)
             if level is not None:
-                hyper = model.hyper_coder(level)(y)
-                z_t = model.to_noisy_latent(hyper.y_tilde, model.side_info(y))
-                y = model.denoise(z_t, model.rate(level).timestep)
+                _, _, y = model.code_latent(y, level)
         return model.decode_latent(y)
 
 
@@ -49,6 +47,8 @@ class DecoderStage(Stage):
         sc = self.stage
         model = self.model
         self.check_patch_size()
+        # Not ``levels``: recipe._still_valid drops the priors of a stage's ``levels``, and no
+        # level's indices change here.
         self.latent_levels = resolve_levels(model, sc.levels)
         model.requires_grad_(False)
         model.eval()
