@@ -5,6 +5,7 @@ Everything runs on the tiny architecture with generated images, seconds per test
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -438,6 +439,55 @@ def test_refining_the_decoder_leaves_everything_else_and_the_priors_bit_identica
     assert not np.array_equal(new_codec.decode(record), old_codec.decode(record))
     with pytest.raises(ConfigError, match="clean_latent_fraction"):
         recipe(tmp_path, data_dirs, [{"kind": "decoder", "steps": 2, "clean_latent_fraction": 2}])
+
+
+def test_decoder_stage_can_train_a_lighter_decoder_from_the_old_one(
+    tmp_path, data_dirs, tiny_model_dir
+):
+    """``vae_decoder``: a new decoder architecture, started from the old decoder's tensors where
+    names and shapes agree; nothing else changes, and the saved model records it."""
+    lighter = {"block_out_channels": [8, 8], "layers_per_block": 0, "pixel_shuffle": 4}
+    stage = {
+        "kind": "decoder",
+        "steps": 2,
+        "batch_size": 2,
+        "lr": 1e-3,
+        "loss": {"perceptual_kind": "ms_ssim"},
+        "vae_decoder": lighter,
+    }
+    config = recipe(tmp_path, data_dirs, [stage], init_from=str(tiny_model_dir))
+    before = load_model(tiny_model_dir)
+    # The new decoder before training: the kept tensors are the old ones, the rest is new.
+    from oscar.models.vae_decoder import PixelShuffleDecoder, replace_decoder
+
+    vae = copy.deepcopy(before.model.vae)
+    fresh = replace_decoder(vae, config.stages[0].vae_decoder, before.model.config.vae)
+    old = before.model.vae.decoder.state_dict()
+    assert "conv_out.weight" in fresh and "conv_in.weight" not in fresh
+    for name, tensor in vae.decoder.state_dict().items():
+        if name not in fresh:
+            assert torch.equal(tensor, old[name]), name
+    final = run_recipe(config)
+    after = load_model(final)
+    assert after.model.config.vae_decoder == config.stages[0].vae_decoder
+    assert isinstance(after.model.vae.decoder, PixelShuffleDecoder)
+    assert json.loads((final / "oscar.json").read_text())["config"]["vae_decoder"] == lighter
+    old_state = before.model.state_dict()
+    for name, tensor in after.model.state_dict().items():
+        if not name.startswith(("vae.decoder.", "vae.post_quant_conv.")):
+            assert torch.equal(tensor, old_state[name]), name
+    image = make_image(64, 64, seed=3)
+    old_codec = OscarCodec.from_pretrained(tiny_model_dir, device="cpu")
+    new_codec = OscarCodec.from_pretrained(final, device="cpu")
+    record = old_codec.encode(image, 5)
+    assert np.array_equal(new_codec.encode(image, 5).indices, record.indices)
+    assert new_codec.decode(record).shape == image.shape
+    for kind in ("vae", "joint"):
+        with pytest.raises(ConfigError, match="decoder stage only"):
+            recipe(tmp_path, data_dirs, [{"kind": kind, "steps": 2, "vae_decoder": lighter}])
+    with pytest.raises(ConfigError, match="upsamples"):
+        bad = {**lighter, "pixel_shuffle": 2}
+        recipe(tmp_path, data_dirs, [{**stage, "vae_decoder": bad}])
 
 
 def test_unknown_recipe_fields_are_errors(tmp_path, data_dirs):

@@ -11,7 +11,9 @@ One JSON file describes a whole model (``configs/tiny.json``, ``configs/small.js
       "hyper": {"hidden_channels": 192, "feature_channels": 320, "codebook_dim": 32},
       "prompt_length": 77,
       "levels": [{"level": 0, "grid_factor": 64, "codebook_size": 256, "timestep": 500}, ...],
-      "lora": null           # or {"rank": 16, "alpha": 8, "target_modules": [...]}
+      "lora": null,          # or {"rank": 16, "alpha": 8, "target_modules": [...]}
+      "vae_decoder": null    # or {"block_out_channels": [32, 64, 128], "layers_per_block": 0,
+                             #     "pixel_shuffle": 2}: a lighter VAE decoder (VaeDecoderConfig)
     }
 
 Unknown keys are an error everywhere: a typo must not silently fall back to a default.
@@ -86,6 +88,62 @@ class LoraSettings:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class VaeDecoderConfig:
+    """A VAE decoder of its own widths and depth, replacing the one AutoencoderKL builds
+    (oscar.models.vae_decoder). AutoencoderKL gives its encoder and decoder the same widths and
+    depth; the decoder is most of a one-step decode on CPU (BENCHMARKS.md), so a model trained
+    from scratch may want a lighter one. diffusers' ``Decoder`` with these ``block_out_channels``
+    (lowest resolution last, as in AutoencoderKL) and ``layers_per_block``, whose output has
+    ``3 · pixel_shuffle²`` channels rearranged into ``pixel_shuffle × pixel_shuffle`` pixels
+    (depth-to-space): the last blocks then work below full resolution.
+    Norm groups, activation and mid-block attention come from the VAE's config."""
+
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    pixel_shuffle: int = 1
+
+    def __post_init__(self) -> None:
+        channels = self.block_out_channels
+        if not isinstance(channels, tuple) or not channels:
+            raise ConfigError("vae_decoder.block_out_channels must be a non-empty list")
+        for c in channels:
+            # Bounded: a config must not decide how much memory a model takes (safe_build).
+            if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= 4096:
+                raise ConfigError(f"vae_decoder.block_out_channels: {c!r} is not in 1..4096")
+        lpb = self.layers_per_block
+        if isinstance(lpb, bool) or not isinstance(lpb, int) or not 0 <= lpb <= 8:
+            raise ConfigError(f"vae_decoder.layers_per_block must be in 0..8, got {lpb!r}")
+        ps = self.pixel_shuffle
+        if isinstance(ps, bool) or not isinstance(ps, int) or ps not in (1, 2, 4, 8):
+            raise ConfigError(
+                f"vae_decoder.pixel_shuffle must be 1, 2, 4 or 8, got {self.pixel_shuffle!r}"
+            )
+        scale = 2 ** (len(channels) - 1) * self.pixel_shuffle
+        if scale != VAE_FACTOR:
+            raise ConfigError(
+                f"vae_decoder upsamples {scale}x (2^(blocks-1) x pixel_shuffle), the latent "
+                f"needs {VAE_FACTOR}x"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VaeDecoderConfig:
+        keys = {"block_out_channels", "layers_per_block", "pixel_shuffle"}
+        _check_keys("vae_decoder", data, keys, {"block_out_channels", "layers_per_block"})
+        data = dict(data)
+        if not isinstance(data["block_out_channels"], list):
+            raise ConfigError("vae_decoder.block_out_channels must be a list")
+        data["block_out_channels"] = tuple(data["block_out_channels"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": self.layers_per_block,
+            "pixel_shuffle": self.pixel_shuffle,
+        }
+
+
 _LEVEL_KEYS = {"level", "grid_factor", "codebook_size", "timestep", "cosine"}
 
 
@@ -105,6 +163,7 @@ class ModelConfig:
     ``vae``, ``unet`` and ``scheduler`` are diffusers configs passed to the diffusers classes
     unchanged. ``base_model`` names a local diffusers folder whose ``vae/``, ``unet/`` and
     ``scheduler/`` replace the model directory's own (used for Stable Diffusion 2.1).
+    ``vae_decoder`` replaces the decoder AutoencoderKL builds from ``vae`` (None: keep it).
     """
 
     name: str
@@ -116,6 +175,7 @@ class ModelConfig:
     levels: tuple[RateLevel, ...] = DEFAULT_LADDER
     lora: LoraSettings | None = None
     base_model: str | None = None
+    vae_decoder: VaeDecoderConfig | None = None
 
     def __post_init__(self) -> None:
         validate_ladder(self.levels)
@@ -142,6 +202,9 @@ class ModelConfig:
         for key in ("in_channels", "out_channels"):
             if self.unet.get(key, 4) != latent:
                 raise ConfigError(f"unet.{key} must equal vae.latent_channels ({latent})")
+        if self.vae_decoder is not None and self.base_model is not None:
+            # A base folder's vae/ holds the base's own decoder weights.
+            raise ConfigError("vae_decoder cannot be combined with base_model")
         prediction = self.scheduler.get("prediction_type", "epsilon")
         if prediction not in ("epsilon", "v_prediction", "sample"):
             raise ConfigError(f"unsupported scheduler.prediction_type {prediction!r}")
@@ -183,7 +246,7 @@ class ModelConfig:
 
     # ----------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "vae": self.vae,
             "unet": self.unet,
@@ -200,6 +263,10 @@ class ModelConfig:
             },
             "base_model": self.base_model,
         }
+        # Only when set: models without it keep their oscar.json and their fingerprint.
+        if self.vae_decoder is not None:
+            data["vae_decoder"] = self.vae_decoder.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -217,6 +284,8 @@ class ModelConfig:
             data["levels"] = tuple(level_from_dict(d) for d in data["levels"])
         if data.get("lora") is not None:
             data["lora"] = LoraSettings.from_dict(data["lora"])
+        if data.get("vae_decoder") is not None:
+            data["vae_decoder"] = VaeDecoderConfig.from_dict(data["vae_decoder"])
         try:
             return cls(**data)
         except TypeError as exc:  # a wrong value type reaching a dataclass check

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +230,17 @@ def load_into_empty(
     return module
 
 
-def load_part(cls: type, folder: Path, what: str) -> tuple[torch.nn.Module, dict, dict]:
+def load_part(
+    cls: type,
+    folder: Path,
+    what: str,
+    build: Callable[[dict[str, Any]], torch.nn.Module] | None = None,
+) -> tuple[torch.nn.Module, dict, dict]:
     """Build a diffusers model from ``folder/config.json`` and its weights, strictly.
 
+    ``build(config)`` replaces ``cls.from_config`` (a VAE with another decoder,
+    oscar.models.vae_decoder); it may build a throw-away placeholder no larger than the weights
+    it is given, so its budget is twice the file's elements.
     Returns (module on CPU in the stored dtype, the state dict as stored, the config).
     """
     config = read_json(folder / "config.json", f"{what} config")
@@ -241,5 +249,10 @@ def load_part(cls: type, folder: Path, what: str) -> tuple[torch.nn.Module, dict
         raise ModelError(f"{folder}: expected a {cls.__name__}, config declares {declared}")
     state, path = read_weights(folder, what)
     budget = sum(t.numel() for t in state.values())
-    module = load_into_empty(build_empty(cls, config, budget, f"{what} ({folder})"), state, path)
+    where = f"{what} ({folder})"
+    if build is None:
+        empty = build_empty(cls, config, budget, where)
+    else:
+        empty = build_on_meta(lambda: build(public_config(config)), 2 * budget, where)
+    module = load_into_empty(empty, state, path)
     return module, state, config

@@ -11,6 +11,10 @@ Layout (diffusers-style subfolders, so a model directory is also a valid ``--bas
       unet/config.json + diffusion_pytorch_model.safetensors       diffusers UNet2DConditionModel
       scheduler/scheduler_config.json                              diffusers scheduler config
 
+A model whose ``oscar.json`` has ``vae_decoder`` (the embedded `small` model) keeps the VAE's own
+config in ``vae/config.json``, but the ``decoder.…`` tensors in ``vae/`` belong to that lighter
+decoder (oscar.models.vae_decoder): diffusers alone cannot load such a ``vae/`` folder.
+
 A model built on Stable Diffusion 2.1 has no ``vae/``, ``unet/``, ``scheduler/`` of its own: its
 config names a ``base_model`` folder (diffusers format; weights as one safetensors file, shards,
 or an fp16 variant: oscar.diffusers_io), and ``oscar.json`` keeps a copy of the base's configs
@@ -33,6 +37,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +69,7 @@ from oscar.models.lora import (
     merge_adapter,
 )
 from oscar.models.oscar import OscarModel
+from oscar.models.vae_decoder import build_vae
 from oscar.priors import IndexPriors
 from oscar.safe_build import check_buildable
 
@@ -458,7 +464,11 @@ def load_model(
         # The folder actually used, absolute: saving this model elsewhere (training, export)
         # then still finds it. Descriptive only: not part of the fingerprint.
         config = replace(config, base_model=str(base.resolve()))
-    vae, vae_state, _ = load_part(AutoencoderKL, base / "vae", "VAE")
+    # A lighter decoder of its own (config.vae_decoder) is not what AutoencoderKL would build.
+    vae_builder = None
+    if config.vae_decoder is not None:
+        vae_builder = partial(build_vae, settings=config.vae_decoder)
+    vae, vae_state, _ = load_part(AutoencoderKL, base / "vae", "VAE", vae_builder)
     unet, unet_state, _ = load_part(UNet2DConditionModel, base / "unet", "UNet")
 
     parts_path = directory / PARTS_FILE

@@ -30,6 +30,7 @@ from oscar.models.schedule import (
     epsilon_estimate,
     x0_estimate,
 )
+from oscar.models.vae_decoder import build_vae
 from oscar.rates import VAE_FACTOR, RateLevel
 from oscar.tiling import Tiling, tiled_map
 
@@ -58,7 +59,7 @@ class OscarModel(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.vae = vae if vae is not None else AutoencoderKL.from_config(config.vae)
+        self.vae = vae if vae is not None else build_vae(config.vae, config.vae_decoder)
         self.unet = unet if unet is not None else UNet2DConditionModel.from_config(config.unet)
         self.schedule = NoiseSchedule.from_config(config.scheduler)
         latent_channels = self.vae.config.latent_channels

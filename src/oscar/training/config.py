@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
 
 StageKind = Literal[
@@ -117,6 +118,9 @@ class StageConfig:
     dead_code_interval: int = 100
     # decoder only: share of steps that decode the encoder's latents (the rest: codec latents)
     clean_latent_fraction: float = 0.5
+    # decoder only: a new decoder architecture (oscar.config.VaeDecoderConfig) trained from the
+    # input model's decoder where tensor names and shapes agree
+    vae_decoder: VaeDecoderConfig | None = None
     # add_level only
     grid_factor: int | None = None
     codebook_size: int | None = None
@@ -135,6 +139,10 @@ class StageConfig:
                 raise ConfigError(f"stage {self.kind}: lr must be > 0")
         if self.kind == "add_level" and (self.grid_factor is None or self.codebook_size is None):
             raise ConfigError("stage add_level needs grid_factor and codebook_size")
+        if isinstance(self.vae_decoder, dict):
+            object.__setattr__(self, "vae_decoder", VaeDecoderConfig.from_dict(self.vae_decoder))
+        if self.vae_decoder is not None and self.kind != "decoder":
+            raise ConfigError(f"stage {self.kind}: vae_decoder is for the decoder stage only")
         if not 0.0 <= self.clean_latent_fraction <= 1.0:
             raise ConfigError("clean_latent_fraction must be in [0, 1]")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

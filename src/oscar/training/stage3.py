@@ -12,18 +12,31 @@ the autoencoder's own reconstruction decodes), otherwise the one-step codec's de
 y_hat at one of the stage's ``levels`` (what the decoder meets when decoding files; computed
 without gradients, nearest-codeword indices). Loss: ``l1``·L1(x_hat, x) + ``perceptual``·P.
 The other loss weights are not read.
+
+With ``vae_decoder`` the stage first gives the VAE a decoder of that architecture
+(oscar.models.vae_decoder): tensors whose names and shapes match the input model's decoder
+start from it, the others from diffusers' initialisation (seeded by the recipe's seed); the
+saved model's config records the new architecture.
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
+from oscar.config import VaeDecoderConfig
+from oscar.errors import ConfigError
+from oscar.models.vae_decoder import replace_decoder
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import l1, make_perceptual, value
 from oscar.training.stage1 import resolve_levels
 from oscar.training.stage_base import Stage
+
+log = logging.getLogger(__name__)
 
 
 class _DecoderForward(nn.Module):
@@ -50,6 +63,8 @@ class DecoderStage(Stage):
         # Not ``levels``: recipe._still_valid drops the priors of a stage's ``levels``, and no
         # level's indices change here.
         self.latent_levels = resolve_levels(model, sc.levels)
+        if sc.vae_decoder is not None and sc.vae_decoder != model.config.vae_decoder:
+            self.new_decoder(sc.vae_decoder)
         model.requires_grad_(False)
         model.eval()
         vae = model.vae
@@ -62,6 +77,16 @@ class DecoderStage(Stage):
         self.perceptual, self.perceptual_name = make_perceptual(
             sc.loss.perceptual_kind, sc.loss.perceptual_fallback, self.ctx.config.weights_dir
         )
+
+    def new_decoder(self, settings: VaeDecoderConfig) -> None:
+        model = self.model
+        if model.config.base_model is not None:
+            raise ConfigError("vae_decoder: a model on a base folder keeps the base's decoder")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.ctx.config.seed)
+            fresh = replace_decoder(model.vae, settings, model.config.vae)
+        model.config = replace(model.config, vae_decoder=settings)
+        log.info("new VAE decoder %s; fresh tensors: %s", settings, ", ".join(fresh) or "none")
 
     def latent_for_step(self, step: int) -> int | None:
         """None (the encoder's latents) or a level; from (seed, step) only."""

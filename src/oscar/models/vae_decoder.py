@@ -1,0 +1,80 @@
+"""A VAE whose decoder has its own widths and depth (``ModelConfig.vae_decoder``).
+
+diffusers' AutoencoderKL builds its decoder with the encoder's widths and depth. On CPU the
+decoder is most of a one-step decode (it runs at full image resolution: BENCHMARKS.md), so the
+`small` model uses a lighter one: diffusers' own ``Decoder`` class with other
+``block_out_channels`` and ``layers_per_block``, whose last block stops at half resolution and
+whose output convolution gives 3 · r² channels that ``pixel_shuffle`` rearranges into r × r
+pixels (depth-to-space, as in sub-pixel super-resolution networks). Everything else is
+diffusers' code, so the inference adjustments of ``oscar.models.inference`` apply unchanged.
+
+The VAE stays an ``AutoencoderKL`` (its ``encode``/``decode`` and the ``post_quant_conv`` are
+used as they are); only ``vae.decoder`` is another module. Its weights are stored under the
+same ``decoder.`` names in ``vae/``; ``oscar.json`` says which architecture they belong to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import Decoder
+
+from oscar.config import VaeDecoderConfig
+
+
+class PixelShuffleDecoder(Decoder):
+    """diffusers' ``Decoder`` followed by ``pixel_shuffle`` (identity when the factor is 1)."""
+
+    def __init__(self, settings: VaeDecoderConfig, vae_config: Mapping[str, Any]) -> None:
+        r = settings.pixel_shuffle
+        super().__init__(
+            in_channels=vae_config.get("latent_channels", 4),
+            out_channels=vae_config.get("out_channels", 3) * r * r,
+            up_block_types=("UpDecoderBlock2D",) * len(settings.block_out_channels),
+            block_out_channels=settings.block_out_channels,
+            layers_per_block=settings.layers_per_block,
+            norm_num_groups=vae_config.get("norm_num_groups", 32),
+            act_fn=vae_config.get("act_fn", "silu"),
+            mid_block_add_attention=vae_config.get("mid_block_add_attention", True),
+        )
+        self.pixel_shuffle = r
+
+    def forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | None = None):
+        sample = super().forward(sample, latent_embeds)
+        return F.pixel_shuffle(sample, self.pixel_shuffle) if self.pixel_shuffle > 1 else sample
+
+
+def build_vae(vae_config: Mapping[str, Any], settings: VaeDecoderConfig | None) -> AutoencoderKL:
+    """AutoencoderKL from its config, with the decoder ``settings`` describe (None: its own).
+
+    With settings, AutoencoderKL is built with no up blocks (its decoder is then only an input
+    convolution and a middle block, at the encoder's deepest width, so never larger than the
+    encoder) and that placeholder is replaced at once: the full-size default decoder is never
+    built, which keeps ``safe_build``'s element budgets meaningful.
+    """
+    if settings is None:
+        return AutoencoderKL.from_config(dict(vae_config))
+    vae = AutoencoderKL.from_config({**vae_config, "up_block_types": []})
+    vae.decoder = PixelShuffleDecoder(settings, vae_config)
+    # vae.config stays the config given (saved to vae/config.json as it came).
+    vae.register_to_config(up_block_types=vae_config.get("up_block_types", ("UpDecoderBlock2D",)))
+    return vae
+
+
+def replace_decoder(vae: AutoencoderKL, settings: VaeDecoderConfig, vae_config) -> list[str]:
+    """Give ``vae`` a new decoder of ``settings``, starting from the old decoder's tensors where
+    name and shape agree (training a lighter decoder from a trained one); returns the names of
+    the tensors that start fresh (diffusers' initialisation, from torch's random state)."""
+    old = vae.decoder.state_dict()
+    new = PixelShuffleDecoder(settings, vae_config).to(
+        device=next(vae.parameters()).device, dtype=next(vae.parameters()).dtype
+    )
+    own = new.state_dict()
+    kept = {k: old[k] for k, v in own.items() if k in old and old[k].shape == v.shape}
+    new.load_state_dict(kept, strict=False)
+    vae.decoder = new
+    return sorted(set(own) - set(kept))
