@@ -511,7 +511,11 @@ def test_shipped_recipes_parse():
             if stage.train_unet == "lora":
                 assert arch.lora is not None, name
     # Recipes that continue the embedded model (init_from: a model directory, not an architecture)
-    for name in ("train_small_refine.yaml", "train_small_decoder.yaml"):
+    for name in (
+        "train_small_refine.yaml",
+        "train_small_decoder.yaml",
+        "train_small_light_decoder.yaml",
+    ):
         config = TrainConfig.load(CONFIGS / name)
         assert config.init_from and config.stages, name
         arch = ModelConfig.from_json_file(CONFIGS / "small.json")
