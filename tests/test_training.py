@@ -461,7 +461,7 @@ def test_decoder_stage_can_train_a_lighter_decoder_from_the_old_one(
     from oscar.models.vae_decoder import PixelShuffleDecoder, replace_decoder
 
     vae = copy.deepcopy(before.model.vae)
-    fresh = replace_decoder(vae, config.stages[0].vae_decoder, before.model.config.vae)
+    fresh = replace_decoder(vae, config.stages[0].vae_decoder)
     old = before.model.vae.decoder.state_dict()
     assert "conv_out.weight" in fresh and "conv_in.weight" not in fresh
     for name, tensor in vae.decoder.state_dict().items():

@@ -11,7 +11,7 @@ Layout (diffusers-style subfolders, so a model directory is also a valid ``--bas
       unet/config.json + diffusion_pytorch_model.safetensors       diffusers UNet2DConditionModel
       scheduler/scheduler_config.json                              diffusers scheduler config
 
-A model whose ``oscar.json`` has ``vae_decoder`` (the embedded `small` model) keeps the VAE's own
+A model whose ``oscar.json`` has ``vae_decoder`` (a lighter decoder) keeps the VAE's own
 config in ``vae/config.json``, but the ``decoder.…`` tensors in ``vae/`` belong to that lighter
 decoder (oscar.models.vae_decoder): diffusers alone cannot load such a ``vae/`` folder.
 

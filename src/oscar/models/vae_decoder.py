@@ -1,16 +1,17 @@
 """A VAE whose decoder has its own widths and depth (``ModelConfig.vae_decoder``).
 
 diffusers' AutoencoderKL builds its decoder with the encoder's widths and depth. On CPU the
-decoder is most of a one-step decode (it runs at full image resolution: BENCHMARKS.md), so the
-`small` model uses a lighter one: diffusers' own ``Decoder`` class with other
-``block_out_channels`` and ``layers_per_block``, whose last block stops at half resolution and
-whose output convolution gives 3 · r² channels that ``pixel_shuffle`` rearranges into r × r
+decoder is most of a one-step decode (it runs at full image resolution: BENCHMARKS.md), so a
+model may use a lighter one: diffusers' own ``Decoder`` class with other
+``block_out_channels`` and ``layers_per_block``, whose last block may stop below full resolution
+and whose output convolution gives 3 · r² channels that ``pixel_shuffle`` rearranges into r × r
 pixels (depth-to-space, as in sub-pixel super-resolution networks). Everything else is
 diffusers' code, so the inference adjustments of ``oscar.models.inference`` apply unchanged.
 
 The VAE stays an ``AutoencoderKL`` (its ``encode``/``decode`` and the ``post_quant_conv`` are
 used as they are); only ``vae.decoder`` is another module. Its weights are stored under the
 same ``decoder.`` names in ``vae/``; ``oscar.json`` says which architecture they belong to.
+The embedded model does not use one (configs/train_small_light_decoder.yaml: tried, not shipped).
 """
 
 from __future__ import annotations
@@ -65,12 +66,12 @@ def build_vae(vae_config: Mapping[str, Any], settings: VaeDecoderConfig | None) 
     return vae
 
 
-def replace_decoder(vae: AutoencoderKL, settings: VaeDecoderConfig, vae_config) -> list[str]:
+def replace_decoder(vae: AutoencoderKL, settings: VaeDecoderConfig) -> list[str]:
     """Give ``vae`` a new decoder of ``settings``, starting from the old decoder's tensors where
     name and shape agree (training a lighter decoder from a trained one); returns the names of
     the tensors that start fresh (diffusers' initialisation, from torch's random state)."""
     old = vae.decoder.state_dict()
-    new = PixelShuffleDecoder(settings, vae_config).to(
+    new = PixelShuffleDecoder(settings, vae.config).to(
         device=next(vae.parameters()).device, dtype=next(vae.parameters()).dtype
     )
     own = new.state_dict()

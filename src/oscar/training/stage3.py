@@ -84,7 +84,7 @@ class DecoderStage(Stage):
             raise ConfigError("vae_decoder: a model on a base folder keeps the base's decoder")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.ctx.config.seed)
-            fresh = replace_decoder(model.vae, settings, model.config.vae)
+            fresh = replace_decoder(model.vae, settings)
         model.config = replace(model.config, vae_decoder=settings)
         log.info("new VAE decoder %s; fresh tensors: %s", settings, ", ".join(fresh) or "none")
 
