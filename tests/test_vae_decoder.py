@@ -45,6 +45,8 @@ def lighter_dir(tmp_path_factory):
         ({"block_out_channels": 8}, "must be a list"),
         ({"layers_per_block": 100}, "layers_per_block"),
         ({"layers_per_block": True}, "layers_per_block"),
+        ({"layers_per_block": [0]}, "1 entries for 2 blocks"),
+        ({"layers_per_block": [0, 9]}, "layers_per_block"),
         ({"width": 3}, "unknown vae_decoder field"),
     ],
 )
@@ -81,6 +83,38 @@ def test_save_load_gives_the_same_decoder_and_pixels(lighter_dir):
     plain = build_tiny_model(0)
     decoder_params = sum(p.numel() for p in loaded.vae.decoder.parameters())
     assert decoder_params < sum(p.numel() for p in plain.vae.decoder.parameters())
+
+
+def test_per_block_depths_build_what_diffusers_builds_at_each_depth():
+    vae = json.loads((CONFIGS / "small.json").read_text())["vae"]
+    mixed = PixelShuffleDecoder(VaeDecoderConfig((32, 64, 128), (2, 1, 0), 2), vae)
+    # up_blocks run from the lowest resolution: the reverse of block_out_channels.
+    assert [len(block.resnets) for block in mixed.up_blocks] == [1, 2, 3]
+    assert VaeDecoderConfig((32, 64, 128), (1, 1, 1), 2).depths == (1, 1, 1)
+    assert ModelConfig.from_dict(json.loads(lighter_config(layers_per_block=[1, 0]).to_json()))
+    for depth in (0, 1, 2):
+        # Each block is the one a uniform-depth diffusers Decoder builds, tensor for tensor
+        # and in behaviour.
+        uniform = PixelShuffleDecoder(VaeDecoderConfig((32, 64, 128), depth, 2), vae).eval()
+        block = depth  # (2, 1, 0) reversed
+        ours, theirs = mixed.up_blocks[block].eval(), uniform.up_blocks[block]
+        ours.load_state_dict(theirs.state_dict())  # strict: same names and shapes
+        x = torch.randn(1, (128, 128, 64)[block], 6, 5)
+        with torch.no_grad():
+            assert torch.equal(ours(x), theirs(x))
+
+
+def test_per_block_depths_save_and_load(tmp_path):
+    model = build_tiny_model(0, lighter_config(layers_per_block=[1, 0]))
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m").model
+    assert [len(b.resnets) for b in loaded.vae.decoder.up_blocks] == [1, 2]
+    meta = json.loads((tmp_path / "m" / "oscar.json").read_text())
+    assert meta["config"]["vae_decoder"]["layers_per_block"] == [1, 0]
+    x = torch.rand(1, 3, 32, 40) * 2 - 1
+    with torch.no_grad():
+        latent = model.encode_latent(x)
+        assert torch.equal(loaded.decode_latent(latent), model.decode_latent(latent))
 
 
 @pytest.mark.parametrize(

@@ -96,11 +96,13 @@ class VaeDecoderConfig:
     from scratch may want a lighter one. diffusers' ``Decoder`` with these ``block_out_channels``
     (lowest resolution last, as in AutoencoderKL) and ``layers_per_block``, whose output has
     ``3 · pixel_shuffle²`` channels rearranged into ``pixel_shuffle × pixel_shuffle`` pixels
-    (depth-to-space): the last blocks then work below full resolution.
+    (depth-to-space): the last blocks then work below full resolution. ``layers_per_block`` is
+    one number for every block (as in diffusers) or a list with one per block, in the order of
+    ``block_out_channels``; a block has that many ResNet blocks plus one, as in diffusers.
     Norm groups, activation and mid-block attention come from the VAE's config."""
 
     block_out_channels: tuple[int, ...]
-    layers_per_block: int
+    layers_per_block: int | tuple[int, ...]
     pixel_shuffle: int = 1
 
     def __post_init__(self) -> None:
@@ -112,8 +114,14 @@ class VaeDecoderConfig:
             if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= 4096:
                 raise ConfigError(f"vae_decoder.block_out_channels: {c!r} is not in 1..4096")
         lpb = self.layers_per_block
-        if isinstance(lpb, bool) or not isinstance(lpb, int) or not 0 <= lpb <= 8:
-            raise ConfigError(f"vae_decoder.layers_per_block must be in 0..8, got {lpb!r}")
+        depths = lpb if isinstance(lpb, tuple) else (lpb,)
+        if isinstance(lpb, tuple) and len(lpb) != len(channels):
+            raise ConfigError(
+                f"vae_decoder.layers_per_block has {len(lpb)} entries for {len(channels)} blocks"
+            )
+        for d in depths:
+            if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 8:
+                raise ConfigError(f"vae_decoder.layers_per_block must be in 0..8, got {d!r}")
         ps = self.pixel_shuffle
         if isinstance(ps, bool) or not isinstance(ps, int) or ps not in (1, 2, 4, 8):
             raise ConfigError(
@@ -134,12 +142,21 @@ class VaeDecoderConfig:
         if not isinstance(data["block_out_channels"], list):
             raise ConfigError("vae_decoder.block_out_channels must be a list")
         data["block_out_channels"] = tuple(data["block_out_channels"])
+        if isinstance(data["layers_per_block"], list):
+            data["layers_per_block"] = tuple(data["layers_per_block"])
         return cls(**data)
 
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """``layers_per_block`` for each block, in the order of ``block_out_channels``."""
+        lpb = self.layers_per_block
+        return lpb if isinstance(lpb, tuple) else (lpb,) * len(self.block_out_channels)
+
     def to_dict(self) -> dict[str, Any]:
+        lpb = self.layers_per_block
         return {
             "block_out_channels": list(self.block_out_channels),
-            "layers_per_block": self.layers_per_block,
+            "layers_per_block": list(lpb) if isinstance(lpb, tuple) else lpb,
             "pixel_shuffle": self.pixel_shuffle,
         }
 

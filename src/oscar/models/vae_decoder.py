@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import Decoder
+from diffusers.models.unets.unet_2d_blocks import get_up_block
 
 from oscar.config import VaeDecoderConfig
 
@@ -37,16 +38,43 @@ class PixelShuffleDecoder(Decoder):
             out_channels=vae_config.get("out_channels", 3) * r * r,
             up_block_types=("UpDecoderBlock2D",) * len(settings.block_out_channels),
             block_out_channels=settings.block_out_channels,
-            layers_per_block=settings.layers_per_block,
+            layers_per_block=min(settings.depths),
             norm_num_groups=vae_config.get("norm_num_groups", 32),
             act_fn=vae_config.get("act_fn", "silu"),
             mid_block_add_attention=vae_config.get("mid_block_add_attention", True),
         )
+        # Per-block depths: diffusers' Decoder takes one number, so it is built at the smallest
+        # and the deeper blocks are built again as it builds them (never more than twice the
+        # final size, within the loader's element budget). up_blocks run from the lowest
+        # resolution, the reverse of block_out_channels.
+        for i, depth in enumerate(reversed(settings.depths)):
+            if depth != self.layers_per_block:
+                self.up_blocks[i] = _up_block(self.up_blocks[i], depth, vae_config)
         self.pixel_shuffle = r
 
     def forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | None = None):
         sample = super().forward(sample, latent_embeds)
         return F.pixel_shuffle(sample, self.pixel_shuffle) if self.pixel_shuffle > 1 else sample
+
+
+def _up_block(like: torch.nn.Module, depth: int, vae_config: Mapping[str, Any]) -> torch.nn.Module:
+    """``like`` (an UpDecoderBlock2D) with ``depth`` + 1 ResNet blocks: the arguments are the
+    ones diffusers' ``Decoder`` gives ``get_up_block``."""
+    first = like.resnets[0]
+    return get_up_block(
+        "UpDecoderBlock2D",
+        num_layers=depth + 1,
+        in_channels=first.in_channels,
+        out_channels=first.out_channels,
+        prev_output_channel=first.in_channels,
+        add_upsample=like.upsamplers is not None,
+        resnet_eps=1e-6,
+        resnet_act_fn=vae_config.get("act_fn", "silu"),
+        resnet_groups=vae_config.get("norm_num_groups", 32),
+        attention_head_dim=first.out_channels,
+        temb_channels=None,
+        resnet_time_scale_shift="group",
+    )
 
 
 def build_vae(vae_config: Mapping[str, Any], settings: VaeDecoderConfig | None) -> AutoencoderKL:
