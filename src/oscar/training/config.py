@@ -66,6 +66,7 @@ class DataConfig:
     num_workers: int = 2
     cache_images: bool = True
     max_validation_images: int = 8
+    colour_augment: bool = False  # permute colour channels and scale saturation (data.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", tuple(self.train))
@@ -121,6 +122,8 @@ class StageConfig:
     # decoder only: a new decoder architecture (oscar.config.VaeDecoderConfig) trained from the
     # input model's decoder where tensor names and shapes agree
     vae_decoder: VaeDecoderConfig | None = None
+    # decoder only: targets are the input model's decoder's outputs, not the crops (stage3.py)
+    distill: bool = False
     # add_level only
     grid_factor: int | None = None
     codebook_size: int | None = None
@@ -143,6 +146,8 @@ class StageConfig:
             object.__setattr__(self, "vae_decoder", VaeDecoderConfig.from_dict(self.vae_decoder))
         if self.vae_decoder is not None and self.kind != "decoder":
             raise ConfigError(f"stage {self.kind}: vae_decoder is for the decoder stage only")
+        if self.distill and self.kind != "decoder":
+            raise ConfigError(f"stage {self.kind}: distill is for the decoder stage only")
         if not 0.0 <= self.clean_latent_fraction <= 1.0:
             raise ConfigError("clean_latent_fraction must be in [0, 1]")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -1,7 +1,8 @@
 """Training crops from image folders, deterministic in (seed, sample number).
 
 Sample number n is drawn from its own generator seeded with (seed, n): which image, where to
-crop, horizontal flip, and a rotation by a multiple of 90°. Nothing depends on iteration order,
+crop, horizontal flip, a rotation by a multiple of 90° and, with ``colour_augment``, a permutation
+of the colour channels and a saturation change. Nothing depends on iteration order,
 so a resumed run draws exactly the samples the uninterrupted run would have, whatever the number
 of worker processes. Step s of a run with global batch B and P processes uses sample numbers
 s·B … s·B + B − 1, split in P equal contiguous parts (process p takes the p-th).
@@ -40,13 +41,19 @@ class CropDataset(Dataset):
     """Random crops; item ``n`` is a (3, P, P) float tensor in [-1, 1], same for every call."""
 
     def __init__(
-        self, images: Sequence[Path], patch_size: int, seed: int, cache: bool = True
+        self,
+        images: Sequence[Path],
+        patch_size: int,
+        seed: int,
+        cache: bool = True,
+        colour_augment: bool = False,
     ) -> None:
         if not images:
             raise ConfigError("no training images found")
         self.images = list(images)
         self.patch_size = patch_size
         self.seed = seed
+        self.colour_augment = colour_augment
         self._cache: list[np.ndarray] | None = None
         if cache:
             self._cache = [load_image(p).rgb for p in self.images]
@@ -74,8 +81,22 @@ class CropDataset(Dataset):
         if rng.integers(2):
             crop = crop[:, ::-1]
         crop = np.rot90(crop, k=int(rng.integers(4)))
-        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float()
-        return x / 127.5 - 1.0
+        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 127.5 - 1.0
+        if self.colour_augment:  # drawn last: the crops above stay those of a run without it
+            x = recolour(x, rng.permutation(3), float(rng.uniform(0.5, 1.75)))
+        return x
+
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # BT.601
+
+
+def recolour(x: torch.Tensor, order: np.ndarray, saturation: float) -> torch.Tensor:
+    """``x`` (3, H, W in [-1, 1]) with its channels in ``order`` and its saturation scaled about
+    the luma (clipped to the range). A small training set has few saturated or unusual colours;
+    a decoder trained on it alone shifts them (docs/model-card-small.md)."""
+    x = x[torch.as_tensor(order)]
+    luma = (x * _LUMA).sum(0, keepdim=True)
+    return (luma + saturation * (x - luma)).clamp(-1.0, 1.0)
 
 
 class StepSampler(Sampler[list[int]]):

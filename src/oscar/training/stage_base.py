@@ -57,6 +57,7 @@ class Stage:
             self.patch_size,
             cfg.seed,
             cache=cfg.data.cache_images,
+            colour_augment=cfg.data.colour_augment,
         )
         loader = crop_loader(
             dataset,
