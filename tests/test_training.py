@@ -6,6 +6,7 @@ Everything runs on the tiny architecture with generated images, seconds per test
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 
 from conftest import CONFIGS, build_tiny_model, make_image
 from oscar.codec import OscarCodec
+from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
 from oscar.models.hyper import HyperOutput
 from oscar.pretrained import LoadedModel, load_model
@@ -490,6 +492,41 @@ def test_decoder_stage_can_train_a_lighter_decoder_from_the_old_one(
         recipe(tmp_path, data_dirs, [{**stage, "vae_decoder": bad}])
 
 
+def test_decoder_distillation_targets_the_input_models_decoding(
+    tmp_path, data_dirs, tiny_model_dir
+):
+    """``distill``: the target is the input model's decoder's output for the same latent (taken
+    before ``vae_decoder`` replaces it), not the crop; with recoloured crops, end to end."""
+    from oscar.models.vae_decoder import replace_decoder
+    from oscar.training.stage3 import _DecoderForward, _Teacher
+
+    model = load_model(tiny_model_dir).model.eval()
+    x = torch.from_numpy(make_image(32, 32, seed=4)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        y = model.encode_latent(x)
+        expected = {
+            None: model.decode_latent(y),
+            3: model.decode_latent(model.code_latent(y, 3)[2]),
+        }
+    teacher = _Teacher(model)
+    replace_decoder(model.vae, VaeDecoderConfig((8, 8), 0, 4))
+    forward = _DecoderForward(model, teacher)
+    assert not any(name.startswith("teacher") for name, _ in forward.named_parameters())
+    for level, want in expected.items():
+        x_hat, target = forward(x, level)
+        assert torch.equal(target, want)
+        assert x_hat.requires_grad and not torch.allclose(x_hat, want)
+    assert torch.equal(_DecoderForward(model)(x, None)[1], x)
+
+    stage = {"kind": "decoder", "steps": 2, "batch_size": 2, "lr": 1e-3, "distill": True}
+    stage["loss"] = {"perceptual_kind": "ms_ssim"}
+    config = recipe(tmp_path, data_dirs, [stage], init_from=str(tiny_model_dir))
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, colour_augment=True))
+    assert load_model(run_recipe(config)).model.vae.decoder is not None
+    with pytest.raises(ConfigError, match="decoder stage only"):
+        recipe(tmp_path, data_dirs, [{"kind": "joint", "steps": 2, "distill": True}])
+
+
 def test_unknown_recipe_fields_are_errors(tmp_path, data_dirs):
     with pytest.raises(ConfigError, match="lrr"):
         recipe(tmp_path, data_dirs, [{"kind": "hyper", "steps": 2, "lrr": 1.0}])
@@ -515,6 +552,7 @@ def test_shipped_recipes_parse():
         "train_small_refine.yaml",
         "train_small_decoder.yaml",
         "train_small_light_decoder.yaml",
+        "train_small_fast_decoder.yaml",
     ):
         config = TrainConfig.load(CONFIGS / name)
         assert config.init_from and config.stages, name

@@ -13,6 +13,11 @@ y_hat at one of the stage's ``levels`` (what the decoder meets when decoding fil
 without gradients, nearest-codeword indices). Loss: ``l1``·L1(x_hat, x) + ``perceptual``·P.
 The other loss weights are not read.
 
+With ``distill`` the target is not the crop x but the input model's own decoder's output for the
+same latent (a frozen copy taken before training): the new decoder learns the old one's function
+of the latent, which is defined for any latent, where the crops only show the colours and
+textures of the training images (a small set; docs/model-card-small.md).
+
 With ``vae_decoder`` the stage first gives the VAE a decoder of that architecture
 (oscar.models.vae_decoder): tensors whose names and shapes match the input model's decoder
 start from it, the others from diffusers' initialisation (seeded by the recipe's seed); the
@@ -21,6 +26,7 @@ saved model's config records the new architecture.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import replace
 
@@ -39,20 +45,36 @@ from oscar.training.stage_base import Stage
 log = logging.getLogger(__name__)
 
 
-class _DecoderForward(nn.Module):
-    """(x, level or None) → x_hat: gradients reach the VAE decoder only."""
+class _Teacher:
+    """A frozen copy of a model's VAE decoder path (``post_quant_conv`` and ``decoder``); not an
+    ``nn.Module`` attribute of the trained module, so it is neither optimised nor checkpointed."""
 
     def __init__(self, model) -> None:
+        self.vae = copy.deepcopy(model.vae).requires_grad_(False).eval()
+        self.scaling_factor = model.scaling_factor
+
+    @torch.no_grad()
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode((y / self.scaling_factor).to(self.vae.dtype)).sample.clamp_(-1, 1)
+
+
+class _DecoderForward(nn.Module):
+    """(x, level or None) → (x_hat, target): gradients reach the VAE decoder only. The target is
+    x, or the teacher's decoding of the same latent."""
+
+    def __init__(self, model, teacher: _Teacher | None = None) -> None:
         super().__init__()
         self.model = model
+        self.teacher = teacher
 
-    def forward(self, x: torch.Tensor, level: int | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
         with torch.no_grad():
             y = model.encode_latent(x)
             if level is not None:
                 _, _, y = model.code_latent(y, level)
-        return model.decode_latent(y)
+            target = x if self.teacher is None else self.teacher(y)
+        return model.decode_latent(y), target
 
 
 class DecoderStage(Stage):
@@ -63,6 +85,8 @@ class DecoderStage(Stage):
         # Not ``levels``: recipe._still_valid drops the priors of a stage's ``levels``, and no
         # level's indices change here.
         self.latent_levels = resolve_levels(model, sc.levels)
+        # Taken from the stage's input model, also when resuming (setup runs on it again).
+        teacher = _Teacher(model) if sc.distill else None
         if sc.vae_decoder is not None and sc.vae_decoder != model.config.vae_decoder:
             self.new_decoder(sc.vae_decoder)
         model.requires_grad_(False)
@@ -73,7 +97,9 @@ class DecoderStage(Stage):
             part.requires_grad_(True).train()
         if self.ctx.config.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
-        self.gen = make_optimized(self.ctx, "decoder", _DecoderForward(model), sc.lr, sc.steps)
+        self.gen = make_optimized(
+            self.ctx, "decoder", _DecoderForward(model, teacher), sc.lr, sc.steps
+        )
         self.perceptual, self.perceptual_name = make_perceptual(
             sc.loss.perceptual_kind, sc.loss.perceptual_fallback, self.ctx.config.weights_dir
         )
@@ -101,8 +127,8 @@ class DecoderStage(Stage):
         losses, logs = [], {"level": -1.0 if level is None else float(level)}
         for x in self.micro_batches():
             with self.autocast():
-                x_hat = self.gen.module(x, level)
-                rec, perc = l1(x_hat, x), self.perceptual(x_hat, x)
+                x_hat, target = self.gen.module(x, level)
+                rec, perc = l1(x_hat, target), self.perceptual(x_hat, target)
                 loss = cfg.l1 * rec + cfg.perceptual * perc
             losses.append(loss)
             logs.update(
