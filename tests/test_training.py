@@ -26,7 +26,7 @@ from oscar.codec import OscarCodec
 from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
 from oscar.models.hyper import HyperOutput
-from oscar.pretrained import LoadedModel, load_model
+from oscar.pretrained import LoadedModel, load_model, save_model
 from oscar.training.calibration import calibrate, choose_timesteps
 from oscar.training.config import TrainConfig
 from oscar.training.loop import LoopContext, make_accelerator
@@ -522,9 +522,21 @@ def test_decoder_distillation_targets_the_input_models_decoding(
     stage["loss"] = {"perceptual_kind": "ms_ssim"}
     config = recipe(tmp_path, data_dirs, [stage], init_from=str(tiny_model_dir))
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, colour_augment=True))
-    assert load_model(run_recipe(config)).model.vae.decoder is not None
+    first = run_recipe(config)
+    # A later stage can distil from a model directory: the first teacher, not its own input.
+    later = {**stage, "distill": str(tiny_model_dir)}
+    config = recipe(tmp_path / "b", data_dirs, [later], init_from=str(first))
+    run_recipe(config)
+    other = tmp_path / "other"  # another encoder: other latents
+    save_model(build_tiny_model(1), other)
+    bad = {**stage, "distill": str(other)}
+    config = recipe(tmp_path / "c", data_dirs, [bad], init_from=str(tiny_model_dir))
+    with pytest.raises(ConfigError, match="another VAE encoder"):
+        run_recipe(config)
     with pytest.raises(ConfigError, match="decoder stage only"):
         recipe(tmp_path, data_dirs, [{"kind": "joint", "steps": 2, "distill": True}])
+    with pytest.raises(ConfigError, match="model directory"):
+        recipe(tmp_path, data_dirs, [{**stage, "distill": 3}])
 
 
 def test_unknown_recipe_fields_are_errors(tmp_path, data_dirs):
@@ -649,7 +661,7 @@ def test_joint_lora_writes_the_sd21_layout_and_codes(tmp_path, data_dirs, capsys
     ``unet_lora.*``, names the base, and `oscar compress` / `decompress` use it."""
     from oscar.cli import main
     from oscar.models.lora import LORA_PREFIX
-    from oscar.pretrained import PARTS_FILE, save_model
+    from oscar.pretrained import PARTS_FILE
     from tiny_sd import save_tiny_base, tiny_sd_model
 
     base = save_tiny_base(tmp_path / "sd21")

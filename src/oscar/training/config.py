@@ -122,8 +122,9 @@ class StageConfig:
     # decoder only: a new decoder architecture (oscar.config.VaeDecoderConfig) trained from the
     # input model's decoder where tensor names and shapes agree
     vae_decoder: VaeDecoderConfig | None = None
-    # decoder only: targets are the input model's decoder's outputs, not the crops (stage3.py)
-    distill: bool = False
+    # decoder only: targets are a teacher decoder's outputs, not the crops (stage3.py): true for
+    # the input model's decoder, or a model directory (same encoder)
+    distill: bool | str = False
     # add_level only
     grid_factor: int | None = None
     codebook_size: int | None = None
@@ -146,6 +147,8 @@ class StageConfig:
             object.__setattr__(self, "vae_decoder", VaeDecoderConfig.from_dict(self.vae_decoder))
         if self.vae_decoder is not None and self.kind != "decoder":
             raise ConfigError(f"stage {self.kind}: vae_decoder is for the decoder stage only")
+        if not isinstance(self.distill, (bool, str)) or self.distill == "":
+            raise ConfigError("distill must be true, false or a model directory")
         if self.distill and self.kind != "decoder":
             raise ConfigError(f"stage {self.kind}: distill is for the decoder stage only")
         if not 0.0 <= self.clean_latent_fraction <= 1.0:

@@ -13,10 +13,12 @@ y_hat at one of the stage's ``levels`` (what the decoder meets when decoding fil
 without gradients, nearest-codeword indices). Loss: ``l1``·L1(x_hat, x) + ``perceptual``·P.
 The other loss weights are not read.
 
-With ``distill`` the target is not the crop x but the input model's own decoder's output for the
-same latent (a frozen copy taken before training): the new decoder learns the old one's function
+With ``distill`` the target is not the crop x but a teacher decoder's output for the same latent:
+``true`` takes the stage's input model's decoder (a frozen copy taken before training), a model
+directory takes that model's (its encoder must equal this model's: same latents), so that a later
+stage can keep distilling from the first teacher. The new decoder learns the teacher's function
 of the latent, which is defined for any latent, where the crops only show the colours and
-textures of the training images (a small set; docs/model-card-small.md).
+textures of the training images (a small set; configs/train_small_fast_decoder.yaml).
 
 With ``vae_decoder`` the stage first gives the VAE a decoder of that architecture
 (oscar.models.vae_decoder): tensors whose names and shapes match the input model's decoder
@@ -37,6 +39,7 @@ from torch import nn
 from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
 from oscar.models.vae_decoder import replace_decoder
+from oscar.pretrained import load_model
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import l1, make_perceptual, value
 from oscar.training.stage1 import resolve_levels
@@ -85,8 +88,7 @@ class DecoderStage(Stage):
         # Not ``levels``: recipe._still_valid drops the priors of a stage's ``levels``, and no
         # level's indices change here.
         self.latent_levels = resolve_levels(model, sc.levels)
-        # Taken from the stage's input model, also when resuming (setup runs on it again).
-        teacher = _Teacher(model) if sc.distill else None
+        teacher = self.teacher(sc.distill) if sc.distill else None
         if sc.vae_decoder is not None and sc.vae_decoder != model.config.vae_decoder:
             self.new_decoder(sc.vae_decoder)
         model.requires_grad_(False)
@@ -103,6 +105,22 @@ class DecoderStage(Stage):
         self.perceptual, self.perceptual_name = make_perceptual(
             sc.loss.perceptual_kind, sc.loss.perceptual_fallback, self.ctx.config.weights_dir
         )
+
+    def teacher(self, distill: bool | str) -> _Teacher:
+        """The stage's input model (also when resuming: setup runs on it again), or the model
+        in the directory ``distill`` names, which must share this model's encoder."""
+        if distill is True:
+            return _Teacher(self.model)
+        other = load_model(distill, device=self.ctx.device).model
+        own = self.model.vae.encoder.state_dict()
+        theirs = other.vae.encoder.state_dict()
+        same = own.keys() == theirs.keys() and all(
+            own[k].shape == theirs[k].shape and torch.equal(own[k], theirs[k].to(own[k]))
+            for k in own
+        )
+        if not same or other.scaling_factor != self.model.scaling_factor:
+            raise ConfigError(f"distill: {distill} has another VAE encoder (other latents)")
+        return _Teacher(other)
 
     def new_decoder(self, settings: VaeDecoderConfig) -> None:
         model = self.model
