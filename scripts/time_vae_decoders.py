@@ -2,10 +2,11 @@
 
 The VAE decoder is most of a one-step decode on CPU (BENCHMARKS.md), so a lighter one is the way
 to a faster decoder and a larger 20-step/1-step ratio. This script times the decoder alone, as
-the codec runs it (in-place activations, sub-pixel upsampling, channels-last, the tuned
-allocator, inference mode), for the model's own decoder and each description given, on one
-latent of the image size asked. Speed does not depend on the weights' values; quality does, and
-needs a training run (configs/train_small_light_decoder.yaml, train_small_fast_decoder.yaml).
+the codec runs it (``prepare_vae_decoding``: in-place activations, sub-pixel upsampling,
+channels-last on CPU; the tuned allocator, inference mode), for the model's own decoder and each
+description given, on one latent of the image size asked. Speed does not depend on the weights'
+values; quality does, and needs a training run (configs/train_small_light_decoder.yaml,
+train_small_fast_decoder.yaml).
 
     python scripts/time_vae_decoders.py                       # the candidates of those recipes
     python scripts/time_vae_decoders.py --size 1920x1080 --repeats 5 \\
@@ -27,7 +28,8 @@ import torch
 
 from oscar.allocator import tune_cpu_allocator
 from oscar.config import ModelConfig, VaeDecoderConfig
-from oscar.models.inference import use_inplace_activations, use_subpixel_upsampling
+from oscar.device import inference_memory_format
+from oscar.models.inference import prepare_vae_decoding
 from oscar.models.vae_decoder import build_vae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,16 +66,15 @@ def main() -> None:
     tune_cpu_allocator()
     torch.manual_seed(0)
     latent = torch.randn(1, config.vae.get("latent_channels", 4), height // 8, width // 8)
-    latent = latent.contiguous(memory_format=torch.channels_last)
+    memory_format = inference_memory_format(torch.device("cpu"))  # as OscarCodec on CPU
+    latent = latent.contiguous(memory_format=memory_format)
     rows = [("the model's own decoder", None)]
     rows += [(json.dumps(d), VaeDecoderConfig.from_dict(d)) for d in descriptions]
     reference = None
     print(f"{args.size}, {torch.get_num_threads()} threads, median of {args.repeats}")
     for name, settings in rows:
         vae = build_vae(config.vae, settings).eval()
-        use_inplace_activations(vae)
-        use_subpixel_upsampling(vae.decoder)
-        vae = vae.to(memory_format=torch.channels_last)
+        prepare_vae_decoding(vae, memory_format)
         seconds = time_decoder(vae, latent, args.repeats)
         reference = reference or seconds
         params = sum(p.numel() for p in vae.decoder.parameters()) / 1e6

@@ -508,7 +508,7 @@ def test_decoder_distillation_targets_the_input_models_decoding(
             None: model.decode_latent(y),
             3: model.decode_latent(model.code_latent(y, 3)[2]),
         }
-    teacher = _Teacher(model)
+    teacher = _Teacher(copy.deepcopy(model.vae), model.scaling_factor)
     replace_decoder(model.vae, VaeDecoderConfig((8, 8), 0, 4))
     forward = _DecoderForward(model, teacher)
     assert not any(name.startswith("teacher") for name, _ in forward.named_parameters())

@@ -60,7 +60,7 @@ from oscar.io import (
     tensor_to_image,
     to_rgb,
 )
-from oscar.models.inference import use_inplace_activations, use_subpixel_upsampling
+from oscar.models.inference import prepare_vae_decoding, use_subpixel_upsampling
 from oscar.pretrained import LoadedModel, load_model, resolve_model_dir
 from oscar.rates import RateLevel
 from oscar.stages import stage
@@ -139,13 +139,9 @@ class OscarCodec:
         # and layers so that the bytes written stay exactly as before. All change the model
         # passed in, in place (training under autograd is unaffected: oscar.models.inference).
         self.memory_format = inference_memory_format(self.device, None if optimize else False)
+        prepare_vae_decoding(self.model.vae, self.memory_format, optimize)
         if optimize:
-            use_inplace_activations(self.model.vae)
-            use_subpixel_upsampling(self.model.vae.decoder)
             use_subpixel_upsampling(self.model.unet)
-        for part in (self.model.vae.post_quant_conv, self.model.vae.decoder):
-            if part is not None:
-                part.to(memory_format=self.memory_format)
         # One coder of each kind, so the prior coder's per-level models are built once.
         self._fixed = FixedLengthCoder()
         self._prior = PriorCoder(loaded.priors) if loaded.priors is not None else None

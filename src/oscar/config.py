@@ -114,12 +114,11 @@ class VaeDecoderConfig:
             if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= 4096:
                 raise ConfigError(f"vae_decoder.block_out_channels: {c!r} is not in 1..4096")
         lpb = self.layers_per_block
-        depths = lpb if isinstance(lpb, tuple) else (lpb,)
         if isinstance(lpb, tuple) and len(lpb) != len(channels):
             raise ConfigError(
                 f"vae_decoder.layers_per_block has {len(lpb)} entries for {len(channels)} blocks"
             )
-        for d in depths:
+        for d in self.depths:
             if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 8:
                 raise ConfigError(f"vae_decoder.layers_per_block must be in 0..8, got {d!r}")
         ps = self.pixel_shuffle

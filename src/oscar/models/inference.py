@@ -203,3 +203,17 @@ def use_subpixel_upsampling(network: nn.Module) -> int:
             module.__class__ = SubpixelUpsample2D
             swapped += 1
     return swapped
+
+
+def prepare_vae_decoding(
+    vae: AutoencoderKL, memory_format: torch.memory_format, optimize: bool = True
+) -> None:
+    """The VAE as the codec decodes with it: with ``optimize``, in-place activations and
+    sub-pixel upsampling in the decoder; the decoder path (``post_quant_conv``, ``decoder``) in
+    ``memory_format``. The encoder keeps its layout, so the bytes written stay the same."""
+    if optimize:
+        use_inplace_activations(vae)
+        use_subpixel_upsampling(vae.decoder)
+    for part in (vae.post_quant_conv, vae.decoder):
+        if part is not None:
+            part.to(memory_format=memory_format)

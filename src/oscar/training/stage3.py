@@ -49,12 +49,13 @@ log = logging.getLogger(__name__)
 
 
 class _Teacher:
-    """A frozen copy of a model's VAE decoder path (``post_quant_conv`` and ``decoder``); not an
-    ``nn.Module`` attribute of the trained module, so it is neither optimised nor checkpointed."""
+    """A frozen VAE that no one else trains, decoding as ``OscarModel.decode_latent`` does; not
+    an ``nn.Module`` attribute of the trained module, so it is neither optimised nor
+    checkpointed."""
 
-    def __init__(self, model) -> None:
-        self.vae = copy.deepcopy(model.vae).requires_grad_(False).eval()
-        self.scaling_factor = model.scaling_factor
+    def __init__(self, vae, scaling_factor: float) -> None:
+        self.vae = vae.requires_grad_(False).eval()
+        self.scaling_factor = scaling_factor
 
     @torch.no_grad()
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
@@ -109,8 +110,8 @@ class DecoderStage(Stage):
     def teacher(self, distill: bool | str) -> _Teacher:
         """The stage's input model (also when resuming: setup runs on it again), or the model
         in the directory ``distill`` names, which must share this model's encoder."""
-        if distill is True:
-            return _Teacher(self.model)
+        if distill is True:  # a copy: this model's own VAE is about to be trained
+            return _Teacher(copy.deepcopy(self.model.vae), self.model.scaling_factor)
         other = load_model(distill, device=self.ctx.device).model
         own = self.model.vae.encoder.state_dict()
         theirs = other.vae.encoder.state_dict()
@@ -120,7 +121,7 @@ class DecoderStage(Stage):
         )
         if not same or other.scaling_factor != self.model.scaling_factor:
             raise ConfigError(f"distill: {distill} has another VAE encoder (other latents)")
-        return _Teacher(other)
+        return _Teacher(other.vae, other.scaling_factor)
 
     def new_decoder(self, settings: VaeDecoderConfig) -> None:
         model = self.model
