@@ -539,6 +539,48 @@ def test_decoder_distillation_targets_the_input_models_decoding(
         recipe(tmp_path, data_dirs, [{**stage, "distill": 3}])
 
 
+def test_latent_jitter_moves_both_decoders_inputs(tmp_path, data_dirs, tiny_model_dir):
+    """``latent_shift`` / ``latent_log_scale``: each sample's channels are shifted and scaled by
+    draws from the step's generator, the teacher decodes the jittered latent (its target is
+    still its own function of the student's input), and a jitter needs a teacher."""
+    from oscar.training.stage3 import _DecoderForward, _Teacher, jitter_latents
+
+    y = torch.randn(2, 4, 6, 5)
+    same = jitter_latents(y, 0.5, 0.2, torch.Generator().manual_seed(1))
+    assert torch.equal(same, jitter_latents(y, 0.5, 0.2, torch.Generator().manual_seed(1)))
+    assert not torch.allclose(same, jitter_latents(y, 0.5, 0.2, torch.Generator().manual_seed(2)))
+    assert torch.equal(jitter_latents(y, 0.0, 0.0, torch.Generator()), y)
+    # Per sample and channel an affine map: the spatial pattern is kept, up to scale.
+    for b in range(2):
+        for c in range(4):
+            corr = torch.corrcoef(torch.stack([y[b, c].flatten(), same[b, c].flatten()]))[0, 1]
+            assert corr > 0.9999
+    shifted = jitter_latents(y, 1.0, 0.0, torch.Generator().manual_seed(3))
+    moved = (shifted - y).mean(dim=(2, 3)) / y.std(dim=(2, 3))
+    assert torch.allclose(shifted - y, (shifted - y).mean(dim=(2, 3), keepdim=True), atol=1e-5)
+    assert moved.abs().max() > 0.1
+
+    model = load_model(tiny_model_dir).model.eval()
+    x = torch.from_numpy(make_image(32, 32, seed=4)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    teacher = _Teacher(copy.deepcopy(model.vae), model.scaling_factor)
+    forward = _DecoderForward(model, teacher, latent_shift=0.5, latent_log_scale=0.2)
+    with torch.no_grad():
+        y = model.encode_latent(x)
+        want = model.decode_latent(jitter_latents(y, 0.5, 0.2, torch.Generator().manual_seed(7)))
+        x_hat, target = forward(x, None, torch.Generator().manual_seed(7))
+    assert torch.equal(target, want)
+    assert torch.allclose(x_hat, want, atol=1e-6)  # same decoder: the student's input moved too
+    assert not torch.allclose(target, model.decode_latent(y))
+
+    stage = {"kind": "decoder", "steps": 2, "batch_size": 2, "lr": 1e-3, "distill": True}
+    stage.update(latent_shift=0.3, latent_log_scale=0.1, loss={"perceptual_kind": "ms_ssim"})
+    run_recipe(recipe(tmp_path, data_dirs, [stage], init_from=str(tiny_model_dir)))
+    with pytest.raises(ConfigError, match="need distill"):
+        recipe(tmp_path, data_dirs, [{**stage, "distill": False}])
+    with pytest.raises(ConfigError, match=">= 0"):
+        recipe(tmp_path, data_dirs, [{**stage, "latent_shift": -0.1}])
+
+
 def test_unknown_recipe_fields_are_errors(tmp_path, data_dirs):
     with pytest.raises(ConfigError, match="lrr"):
         recipe(tmp_path, data_dirs, [{"kind": "hyper", "steps": 2, "lrr": 1.0}])

@@ -125,6 +125,11 @@ class StageConfig:
     # decoder only: targets are a teacher decoder's outputs, not the crops (stage3.py): true for
     # the input model's decoder, or a model directory (same encoder)
     distill: bool | str = False
+    # decoder with distill only: per-sample, per-channel jitter of the decoded latents (stage3.py):
+    # a shift of latent_shift · N(0, 1) · the channel's spatial std, a scale of
+    # exp(latent_log_scale · N(0, 1))
+    latent_shift: float = 0.0
+    latent_log_scale: float = 0.0
     # add_level only
     grid_factor: int | None = None
     codebook_size: int | None = None
@@ -151,6 +156,13 @@ class StageConfig:
             raise ConfigError("distill must be true, false or a model directory")
         if self.distill and self.kind != "decoder":
             raise ConfigError(f"stage {self.kind}: distill is for the decoder stage only")
+        if self.latent_shift < 0 or self.latent_log_scale < 0:
+            raise ConfigError("latent_shift and latent_log_scale must be >= 0")
+        if (self.latent_shift or self.latent_log_scale) and not self.distill:
+            raise ConfigError(
+                "latent_shift and latent_log_scale need distill: a jittered latent has no crop to"
+                " match, only a teacher's decoding"
+            )
         if not 0.0 <= self.clean_latent_fraction <= 1.0:
             raise ConfigError("clean_latent_fraction must be in [0, 1]")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -19,6 +19,10 @@ directory takes that model's (its encoder must equal this model's: same latents)
 stage can keep distilling from the first teacher. The new decoder learns the teacher's function
 of the latent, which is defined for any latent, where the crops only show the colours and
 textures of the training images (a small set; configs/train_small_fast_decoder.yaml).
+``latent_shift`` and ``latent_log_scale`` (with ``distill`` only) widen the latents it learns
+that function on: each sample's channels are shifted and scaled at random (jitter_latents)
+before both decoders see them. A latent channel's offset moves the decoded colours, so this
+reaches colours that neither the crops nor their recolourings encode to.
 
 With ``vae_decoder`` the stage first gives the VAE a decoder of that architecture
 (oscar.models.vae_decoder): tensors whose names and shapes match the input model's decoder
@@ -62,21 +66,44 @@ class _Teacher:
         return self.vae.decode((y / self.scaling_factor).to(self.vae.dtype)).sample.clamp_(-1, 1)
 
 
+def jitter_latents(
+    y: torch.Tensor, shift: float, log_scale: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Per sample and channel: y·exp(log_scale·a) + shift·b·std, with a, b ~ N(0, 1) drawn
+    from ``generator`` (on the CPU, so every device draws the same) and std the channel's
+    spatial standard deviation."""
+    b, c = y.shape[:2]
+    a, n = torch.randn(2, b, c, 1, 1, generator=generator).to(y)
+    std = y.std(dim=(2, 3), keepdim=True)
+    return y * torch.exp(log_scale * a) + shift * n * std
+
+
 class _DecoderForward(nn.Module):
     """(x, level or None) → (x_hat, target): gradients reach the VAE decoder only. The target is
     x, or the teacher's decoding of the same latent."""
 
-    def __init__(self, model, teacher: _Teacher | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        teacher: _Teacher | None = None,
+        latent_shift: float = 0.0,
+        latent_log_scale: float = 0.0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.teacher = teacher
+        self.jitter = (latent_shift, latent_log_scale)
 
-    def forward(self, x: torch.Tensor, level: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, level: int | None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
         with torch.no_grad():
             y = model.encode_latent(x)
             if level is not None:
                 _, _, y = model.code_latent(y, level)
+            if any(self.jitter) and generator is not None:
+                y = jitter_latents(y, *self.jitter, generator)
             target = x if self.teacher is None else self.teacher(y)
         return model.decode_latent(y), target
 
@@ -101,7 +128,11 @@ class DecoderStage(Stage):
         if self.ctx.config.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
         self.gen = make_optimized(
-            self.ctx, "decoder", _DecoderForward(model, teacher), sc.lr, sc.steps
+            self.ctx,
+            "decoder",
+            _DecoderForward(model, teacher, sc.latent_shift, sc.latent_log_scale),
+            sc.lr,
+            sc.steps,
         )
         self.perceptual, self.perceptual_name = make_perceptual(
             sc.loss.perceptual_kind, sc.loss.perceptual_fallback, self.ctx.config.weights_dir
@@ -144,9 +175,9 @@ class DecoderStage(Stage):
         cfg = self.stage.loss
         level = self.latent_for_step(step)
         losses, logs = [], {"level": -1.0 if level is None else float(level)}
-        for x in self.micro_batches():
+        for i, x in enumerate(self.micro_batches()):
             with self.autocast():
-                x_hat, target = self.gen.module(x, level)
+                x_hat, target = self.gen.module(x, level, self.ctx.generator(step, 40 + i))
                 rec, perc = l1(x_hat, target), self.perceptual(x_hat, target)
                 loss = cfg.l1 * rec + cfg.perceptual * perc
             losses.append(loss)
