@@ -117,7 +117,8 @@ def steps_note(docs: dict[str, dict | None]) -> str:
     one = r["decode"]["1"]
     total, unet = one["total"]["gflop"], one["stages"]["unet"]["gflop"]
     vae = one["stages"]["vae_decode"]["gflop"]
-    vae_share = one["stages"]["vae_decode"]["wall_s"]["median"] / median(one)
+    unet_s, vae_s = (one["stages"][s]["wall_s"]["median"] for s in ("unet", "vae_decode"))
+    vae_share = vae_s / median(one)
     by_flops = (total + 19 * unet) / total
     why = (
         "the UNet's attention and small matrix products run at a lower FLOP rate than the VAE's "
@@ -135,7 +136,6 @@ def steps_note(docs: dict[str, dict | None]) -> str:
     )
     # ratio >= 10  <=>  20U + V + O >= 10 (U + V + O)  <=>  V <= (10U - 9O) / 9, with U the UNet
     # pass, V the VAE decoder and O the rest of the one-step decode (the same in both).
-    unet_s, vae_s = (one["stages"][s]["wall_s"]["median"] for s in ("unet", "vae_decode"))
     rest_s = median(one) - unet_s - vae_s
     limit_s = (10 * unet_s - 9 * rest_s) / 9
     text += (

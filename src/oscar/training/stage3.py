@@ -67,11 +67,11 @@ class _Teacher:
 
 
 def jitter_latents(
-    y: torch.Tensor, shift: float, log_scale: float, generator: torch.Generator
+    y: torch.Tensor, shift: float, log_scale: float, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Per sample and channel: y·exp(log_scale·a) + shift·b·std, with a, b ~ N(0, 1) drawn
-    from ``generator`` (on the CPU, so every device draws the same) and std the channel's
-    spatial standard deviation."""
+    on the CPU from ``generator`` (None: torch's global one), so every device draws the same,
+    and std the channel's spatial standard deviation."""
     b, c = y.shape[:2]
     a, n = torch.randn(2, b, c, 1, 1, generator=generator).to(y)
     std = y.std(dim=(2, 3), keepdim=True)
@@ -102,7 +102,7 @@ class _DecoderForward(nn.Module):
             y = model.encode_latent(x)
             if level is not None:
                 _, _, y = model.code_latent(y, level)
-            if any(self.jitter) and generator is not None:
+            if any(self.jitter):
                 y = jitter_latents(y, *self.jitter, generator)
             target = x if self.teacher is None else self.teacher(y)
         return model.decode_latent(y), target
