@@ -27,6 +27,9 @@ GROUP_NAMES = (
 TARGET_SIZE = (768, 512)
 MEMORY_LIMIT_MB = 6e9 / 2**20  # "under 6 GB", decimal gigabytes
 BUSY_SHARE = 0.1  # other processes' share of the CPU above which results are provisional
+# results/machines/<name>/main.json: the main group measured on other machines
+# (``benchmarks/run.py --machine NAME``), shown side by side with this page's.
+MACHINES = "machines"
 
 
 # ----------------------------------------------------------------------------- reading results
@@ -76,7 +79,77 @@ def _ratio(before: float, after: float) -> str:
 
 
 # ----------------------------------------------------------------------------- tables and notes
-def targets_table(docs: dict[str, dict | None]) -> str:
+def other_machines(results: Path) -> dict[str, dict]:
+    """name → main-group document of each run made with ``benchmarks/run.py --machine NAME``."""
+    folder = results / MACHINES
+    found = {}
+    for path in sorted(folder.glob("*/main.json")) if folder.is_dir() else []:
+        found[path.parent.name] = json.loads(path.read_text())
+    return found
+
+
+def ratio_parts(result: dict) -> dict[str, float] | None:
+    """The one-step decode split as the 20-step/1-step ratio needs it (seconds): UNet pass,
+    VAE decoder, the rest, and the VAE time below which the ratio reaches 10×.
+
+    ratio >= 10  <=>  20U + V + O >= 10 (U + V + O)  <=>  V <= (10U - 9O) / 9, with U the UNet
+    pass, V the VAE decoder and O the rest of the one-step decode (the same in both).
+    """
+    if "1" not in result["decode"] or "20" not in result["decode"]:
+        return None
+    one = result["decode"]["1"]
+    unet, vae = (one["stages"][s]["wall_s"]["median"] for s in ("unet", "vae_decode"))
+    rest = median(one) - unet - vae
+    return {"unet": unet, "vae": vae, "rest": rest, "vae_limit": (10 * unet - 9 * rest) / 9}
+
+
+def machines_table(main: dict | None, others: dict[str, dict]) -> str:
+    """The main group's 1- and 20-step decodes on each machine it was run on."""
+    from oscar.bench_report import markdown_table
+
+    rows = []
+    for name, doc in [("this page's", main), *others.items()]:
+        r = find(doc, *TARGET_SIZE)
+        parts = ratio_parts(r) if r is not None else None
+        if parts is None:
+            continue
+        speed = r["runtime"].get("float32_gflops")
+        rows.append(
+            [
+                name,
+                doc["created"][:10],
+                (doc["git"].get("commit") or "unknown")[:10],
+                f"{doc['machine']['cpu']}, {doc['machine']['usable_cpus']} CPUs",
+                f"{speed['matmul']:.0f} / {speed['conv3x3']:.0f}" if speed else "not recorded",
+                f"{median(r['decode']['1']):.3f}",
+                *(f"{parts[k] * 1e3:.1f}" for k in ("unet", "vae", "rest", "vae_limit")),
+                f"{median(r['decode']['20']):.3f}",
+                f"{r['decode']['20']['time_vs_one_step']:.1f}×",
+            ]
+        )
+    if len(rows) < 2:
+        return (
+            "_Run on this page's machine only (`python benchmarks/run.py --machine NAME` adds "
+            "one)._"
+        )
+    header = [
+        "machine",
+        "date",
+        "commit",
+        "CPU",
+        "float32 GFLOP/s (matmul / 3×3 conv)",
+        "1-step decode s",
+        "UNet ms",
+        "VAE decode ms",
+        "rest ms",
+        "VAE ms for 10×",
+        "20-step decode s",
+        "× 1-step",
+    ]
+    return markdown_table(header, rows)
+
+
+def targets_table(docs: dict[str, dict | None], others: dict[str, dict]) -> str:
     from oscar.bench_report import markdown_table
 
     rows = []
@@ -94,6 +167,12 @@ def targets_table(docs: dict[str, dict | None]) -> str:
         peak = decode_peak(four_k)
         label = "peak memory, 3840×2160 decode (process RSS, decoding alone)"
         rows.append([label, "< 6 GB", f"{peak * 2**20 / 1e9:.2f} GB", _ok(peak < MEMORY_LIMIT_MB)])
+    for name, doc in others.items():
+        other = find(doc, *TARGET_SIZE)
+        if other is not None and "20" in other["decode"]:
+            ratio = other["decode"]["20"]["time_vs_one_step"]
+            label = f"(another machine, `{name}`) the same ratio, 768×512, same model"
+            rows.append([label, "≥ 10×", f"{ratio:.1f}×", _ok(ratio >= 10)])
     big = find(docs.get("steps-1080p"), 1920, 1080)
     if big is not None and "20" in big["decode"]:
         ratio = big["decode"]["20"]["time_vs_one_step"]
@@ -134,10 +213,8 @@ def steps_note(docs: dict[str, dict | None]) -> str:
         f"(measured: {ratio:.1f}×; {why}). The VAE decoder, which produces the full-"
         f"resolution image, takes {vae_share:.0%} of the one-step decode time."
     )
-    # ratio >= 10  <=>  20U + V + O >= 10 (U + V + O)  <=>  V <= (10U - 9O) / 9, with U the UNet
-    # pass, V the VAE decoder and O the rest of the one-step decode (the same in both).
-    rest_s = median(one) - unet_s - vae_s
-    limit_s = (10 * unet_s - 9 * rest_s) / 9
+    parts = ratio_parts(r)
+    rest_s, limit_s = parts["rest"], parts["vae_limit"]
     text += (
         f" Here the VAE decoder takes {vae_s * 1e3:.1f} ms, {vae_s / unet_s:.2f} UNet passes; with "
         f"the rest of the decode ({rest_s * 1e3:.1f} ms, mostly hyper-synthesis) the ratio reaches "
@@ -412,13 +489,15 @@ def render(results: Path, template: Path) -> str:
     run_path = results / "run.json"
     run = json.loads(run_path.read_text()) if run_path.is_file() else None
     info, banner = provenance(docs, run)
+    others = other_machines(results)
     sizes = merged(docs["sizes"], docs["sizes-4k"])
     level = next((r["config"]["level"] for d in docs.values() if d for r in d["results"]), None)
     fields = {
         "banner": banner,
         "provenance": info,
         "level": level_text(level, run),
-        "targets": targets_table(docs),
+        "targets": targets_table(docs, others),
+        "machines": machines_table(docs["main"], others),
         "steps_note": steps_note(docs),
         "main": group_section(docs["main"], stages=True),
         "before_after": before_after_table(docs["baseline"], docs["main"]),

@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # the full set (about 13 minutes on 2 idle cores)
     python benchmarks/run.py --quick         # smoke run into /tmp/oscar-bench-quick/ (~2 min)
     python benchmarks/run.py --render-only   # rewrite BENCHMARKS.md from benchmarks/results/
+    python benchmarks/run.py --machine NAME  # the main group on this machine, as another machine
 
 The model is ``--model DIR`` when given, else the embedded model (``src/oscar/weights/small``)
 when this checkout has one, else a ``small`` model made here with ``oscar init
@@ -13,6 +14,11 @@ Results go to ``benchmarks/results/<group>.json`` plus ``run.json`` (model, comm
 much CPU other processes used meanwhile); BENCHMARKS.md is rewritten from
 ``benchmarks/template.md``. Run it on an otherwise idle machine: when other processes used more
 than a tenth of the CPU during the runs, the output is marked provisional.
+
+``--machine NAME`` runs the main group (768×512, 1, 4 and 20 steps) into
+``benchmarks/results/machines/NAME/`` instead: machines that report the same CPU differ by 2× in
+float32 speed, and not every stage alike, so the same comparison from other machines is kept
+beside the page's own run rather than mixed into it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import render  # benchmarks/render.py, beside this file
+from render import MACHINES, render  # benchmarks/render.py, beside this file
 
 from oscar.provenance import git_state
 
@@ -212,7 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model directory (default: see above)")
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1-2 repeats")
-    parser.add_argument("--groups", default=",".join(GROUPS), help="comma-separated groups")
+    parser.add_argument("--groups", default=None, help="comma-separated groups (default: all)")
+    parser.add_argument(
+        "--machine",
+        default=None,
+        metavar="NAME",
+        help="measure only the main group, into RESULTS/machines/NAME/, for the table of other "
+        "machines; the rest of BENCHMARKS.md is rendered from the results already there",
+    )
     parser.add_argument("--render-only", action="store_true", help="only rewrite the Markdown")
     parser.add_argument("--device", default="cpu", help="device for oscar bench")
     parser.add_argument(
@@ -231,7 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     # A smoke run must not overwrite the recorded results: it writes elsewhere by default.
     results = Path(args.results or (QUICK if args.quick else RESULTS)).resolve()
     output = Path(args.output or (QUICK / OUTPUT.name if args.quick else OUTPUT)).resolve()
-    names = [g for g in args.groups.split(",") if g]
+    names = [g for g in (args.groups or ",".join(GROUPS)).split(",") if g]
+    measured = results  # where this run's JSON goes; BENCHMARKS.md is rendered from ``results``
+    if args.machine is not None:
+        if args.groups or args.quick or args.render_only:
+            parser.error("--machine runs the main group only: no --groups, --quick, --render-only")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", args.machine):
+            parser.error("--machine NAME: letters, digits, '.', '_' and '-' (a folder name)")
+        names, measured = ["main"], results / MACHINES / args.machine
     unknown = set(names) - set(GROUPS)
     if unknown:
         parser.error(f"unknown groups {sorted(unknown)}; known: {', '.join(GROUPS)}")
@@ -244,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             threads = ["--threads", args.threads] if args.threads else []
             extra = ["--device", args.device, "--levels", str(level), *threads]
             ours = [n for n in names if n not in OTHER_ARCHITECTURES]
-            groups = run_groups(model, ours, args.quick, extra, results)
+            groups = run_groups(model, ours, args.quick, extra, measured)
             for name in names:
                 if name not in OTHER_ARCHITECTURES or (args.quick and GROUPS[name][2] is None):
                     continue
                 other = random_model(OTHER_ARCHITECTURES[name], Path(tmp))
                 other_level, _ = choose_level(other)
                 other_extra = ["--device", args.device, "--levels", str(other_level), *threads]
-                groups += run_groups(other, [name], args.quick, other_extra, results)
+                groups += run_groups(other, [name], args.quick, other_extra, measured)
                 shutil.rmtree(other)  # 4 GB
         shown = ["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
         run = {
@@ -265,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "groups": groups,
         }
-        run = merged_with_earlier(run, results / "run.json")
-        (results / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+        run = merged_with_earlier(run, measured / "run.json")
+        (measured / "run.json").write_text(json.dumps(run, indent=1) + "\n")
         print(f"all groups: {run['elapsed_s'] / 60:.1f} minutes", flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render(results, TEMPLATE))

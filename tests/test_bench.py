@@ -59,6 +59,10 @@ def _check_result(result, steps):
         assert path["images_per_s"] > 0
     assert result["decode"]["1"]["time_vs_one_step"] == 1.0
     assert result["file_bytes"] > 0 and result["deterministic"]
+    # The machine's float32 speed, measured in the same process: finite and plausible.
+    gflops = result["runtime"]["float32_gflops"]
+    assert set(gflops) == {"matmul", "conv3x3"}
+    assert all(0.1 < value < 1e6 for value in gflops.values())
 
 
 def _no_constant(name):
@@ -72,6 +76,7 @@ def test_bench_command_writes_json(tiny_model_dir, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "vae_decode" in printed and "hyper_synthesis" in printed
+    assert "GFLOP/s (matmul)" in printed
     doc = json.loads(out.read_text(), parse_constant=_no_constant)  # strict JSON: no NaN
     assert doc["schema"] == "oscar-bench/1"
     assert {"cpu", "usable_cpus", "torch_threads"} <= set(doc["machine"])
@@ -95,7 +100,8 @@ def test_bench_without_flop_counting_with_encoder_effort(tiny_model_dir, tmp_pat
     assert (plain["config"]["effort"], searched["config"]["effort"]) == (0, 2)
     assert searched["encode"]["stages"]["index_search"]["wall_s"]["median"] > 0
     printed = capsys.readouterr().out
-    assert "GFLOP" not in printed and "40x24 effort 2" in printed
+    tables = printed.split("\n", 1)[1]  # after the environment line, which gives GFLOP/s
+    assert "GFLOP" not in tables and "40x24 effort 2" in printed
 
 
 def test_bench_counts_flops_with_encoder_effort(tiny_model_dir, tmp_path):

@@ -52,6 +52,46 @@ def test_render_fills_every_field(run_script, tiny_model_dir, tmp_path):
     assert "{{" not in text and "whether the machine was idle is unknown" in text.lower()
     assert "decode 768×512 (median)" in text and "3840×2160 decode" in text
     assert "20-step/1-step ratio" in text and "_Not run._" in text  # groups not run say so
+    assert "_Run on this page's machine only" in text  # no other machine yet
+
+    # Another machine's main group (as benchmarks/run.py --machine writes it): its own row in
+    # the machines table and in the targets table, from its own numbers.
+    other = copy.deepcopy(doc)
+    one, twenty = other["results"][0]["decode"]["1"], other["results"][0]["decode"]["20"]
+    one["total"]["wall_s"]["median"], twenty["total"]["wall_s"]["median"] = 0.5, 4.0
+    twenty["time_vs_one_step"] = 8.0
+    (results / "machines" / "slow-vm").mkdir(parents=True)
+    (results / "machines" / "slow-vm" / "main.json").write_text(json.dumps(other))
+    assert run_script.main(["--render-only", "--results", str(results), "--output", str(out)]) == 0
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| slow-vm |")]
+    assert len(rows) == 1 and "| 0.500 |" in rows[0] and "| 4.000 | 8.0× |" in rows[0]
+    speed = doc["results"][0]["runtime"]["float32_gflops"]
+    assert f"| {speed['matmul']:.0f} / {speed['conv3x3']:.0f} |" in rows[0]
+    target = "| (another machine, `slow-vm`) the same ratio, 768×512, same model | ≥ 10× |"
+    assert f"{target} 8.0× | **no** |" in text
+
+
+def test_machine_runs_the_main_group_into_its_own_folder(
+    run_script, tiny_model_dir, tmp_path, monkeypatch
+):
+    small = ["--sizes", "64x48", "--steps", "1,20", "--repeats", "1", "--warmup", "0", "--no-flops"]
+    monkeypatch.setitem(run_script.GROUPS, "main", ("main, made small for the test", small, None))
+    results, out = tmp_path / "results", tmp_path / "B.md"
+    argv = ["--model", str(tiny_model_dir), "--results", str(results), "--output", str(out)]
+    assert run_script.main([*argv, "--machine", "vm-2"]) == 0
+    folder = results / "machines" / "vm-2"
+    assert sorted(p.name for p in folder.iterdir()) == ["main.json", "run.json"]
+    assert not (results / "main.json").exists()  # the page's own results are left alone
+    assert [g["group"] for g in json.loads((folder / "run.json").read_text())["groups"]] == ["main"]
+    for bad in (
+        ["--machine", "../up"],
+        ["--machine", "x", "--groups", "batch"],
+        ["--machine", "x", "--quick"],
+    ):
+        with pytest.raises(SystemExit) as error:
+            run_script.main([*argv, *bad])
+        assert error.value.code == 2
 
 
 @pytest.mark.slow

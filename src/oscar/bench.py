@@ -12,6 +12,8 @@ the wall time of every stage of ``oscar.stages`` (the codec's own code paths, wi
 synchronised on GPU), the process CPU time, and peak memory: torch's allocator on GPU, resident
 set size (RSS, the whole process: libraries and weights included) on CPU. Stages not listed in
 ``oscar.stages`` (input checks, Python glue) appear as ``other`` = end to end − Σ stages.
+Each configuration also measures the machine's float32 speed (:func:`float32_throughput`),
+so that results from different machines can be compared.
 
 On CPU, ``run_isolated`` runs each configuration in a fresh Python process so that one
 configuration's peak RSS does not carry over into the next. The input image is the packaged
@@ -275,6 +277,45 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
+def float32_throughput(device, repeats: int = 5) -> dict[str, float]:
+    """The machine's float32 speed in GFLOP/s, measured in this process with its threads.
+
+    Two kernels: a 2048×2048 matrix product, near the machine's peak, and a 3×3 convolution of
+    64 channels on a 256×384 channels-last image, like the VAE decoder's largest ones. Machines
+    sold under one CPU name differ by 2× or more here (vector units, clocks, neighbours), and
+    the codec's stages depend on it unequally (the VAE decoder runs at the convolution's rate,
+    the UNet partly below it), so every result records it: runs on different machines can then
+    be told apart, and compared.
+    """
+    import torch
+
+    def rate(work, flop: float) -> float:
+        for _ in range(2):
+            work()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return flop / statistics.median(times) / 1e9
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(2048, 2048, generator=generator).to(device)
+    x = torch.randn(1, 64, 256, 384, generator=generator).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3, generator=generator).to(device)
+    w = w.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return {
+            "matmul": rate(lambda: a @ a, 2 * 2048**3),
+            "conv3x3": rate(
+                lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * 64 * 64 * 9 * 256 * 384
+            ),
+        }
+
+
 def _load_codec(config: BenchConfig, dtype: str | None = None):
     from oscar.codec import OscarCodec
 
@@ -321,6 +362,7 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
             return [codec.decompress(data[0], steps)]
         return codec.decode_batch([codec.unpack(d) for d in data], steps)
 
+    throughput = float32_throughput(codec.device)
     for _ in range(config.warmup):  # the fewest steps: every UNet shape is the same
         decode(encode(), min(config.steps))
     encode_runs: list[Run] = []
@@ -385,6 +427,7 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
             "allocator_tuned": allocator_tuned,
             "threads": torch.get_num_threads(),
             "model_load_s": load_s,
+            "float32_gflops": throughput,
         },
         "padded_size": [
             -(-config.height // codec.pad_multiple) * codec.pad_multiple,

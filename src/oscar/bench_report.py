@@ -139,6 +139,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def throughput_text(gflops: dict[str, float]) -> str:
+    """The machine's measured float32 speed (oscar.bench.float32_throughput), in words."""
+    return f"{gflops['matmul']:.0f} GFLOP/s (matmul), {gflops['conv3x3']:.0f} GFLOP/s (3×3 conv)"
+
+
 def describe_environment(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     first = doc["results"][0] if doc["results"] else None
@@ -153,6 +158,8 @@ def describe_environment(doc: dict[str, Any]) -> str:
             f"{rt['device']}, {rt['memory_format']}, "
             f"allocator {'tuned' if rt['allocator_tuned'] else 'default'}"
         )
+        if "float32_gflops" in rt:  # results written before it was measured have none
+            parts.append(f"float32 {throughput_text(rt['float32_gflops'])}")
     git = doc.get("git", {})
     commit = (git.get("commit") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
     v = doc["versions"]
