@@ -539,6 +539,39 @@ def test_decoder_distillation_targets_the_input_models_decoding(
         recipe(tmp_path, data_dirs, [{**stage, "distill": 3}])
 
 
+def test_recipes_tied_to_weights_refuse_other_ones(tmp_path, data_dirs, tiny_model_dir):
+    """``init_fingerprint`` / ``distill_fingerprint``: a recipe made for particular weights runs
+    on them and stops with one clear error, before training, on any others."""
+    right = load_model(tiny_model_dir).fingerprint.hex()[:8]
+    wrong = "0" * 8 if right != "0" * 8 else "1" * 8
+    stage = {"kind": "decoder", "steps": 1, "batch_size": 1, "lr": 1e-3}
+    stage.update(distill=str(tiny_model_dir), loss={"perceptual_kind": "ms_ssim"})
+    tied = {**stage, "distill_fingerprint": right}
+    config = recipe(tmp_path / "a", data_dirs, [tied], init_from=str(tiny_model_dir))
+    config = dataclasses.replace(config, init_fingerprint=right)
+    assert (run_recipe(config) / "oscar.json").is_file()
+    for top, teacher in ((wrong, right), (right, wrong)):
+        stages = [{**stage, "distill_fingerprint": teacher}]
+        config = recipe(
+            tmp_path / f"b{top}", data_dirs, stages, init_from=str(tiny_model_dir),
+            init_fingerprint=top,
+        )  # fmt: skip
+        with pytest.raises(ConfigError, match=f"fingerprint {right}, not {wrong}"):
+            run_recipe(config)
+        assert not list((tmp_path / f"b{top}").rglob("checkpoint*"))  # nothing trained
+    for bad in ("459304A0", "abc", 459304, "g" * 8):
+        with pytest.raises(ConfigError, match="hex digits"):
+            recipe(
+                tmp_path, data_dirs, [stage], init_from=str(tiny_model_dir), init_fingerprint=bad
+            )
+        with pytest.raises(ConfigError, match="hex digits"):
+            recipe(tmp_path, data_dirs, [{**stage, "distill_fingerprint": bad}])
+    with pytest.raises(ConfigError, match="needs distill to name a model directory"):
+        recipe(tmp_path, data_dirs, [{**stage, "distill": True, "distill_fingerprint": right}])
+    with pytest.raises(ConfigError, match="init_fingerprint needs init_from"):
+        recipe(tmp_path, data_dirs, [stage], init_fingerprint=right)
+
+
 def test_latent_jitter_moves_both_decoders_inputs(tmp_path, data_dirs, tiny_model_dir):
     """``latent_shift`` / ``latent_log_scale``: each sample's channels are shifted and scaled by
     draws from the step's generator, the teacher decodes the jittered latent (its target is
@@ -610,6 +643,11 @@ def test_shipped_recipes_parse():
     ):
         config = TrainConfig.load(CONFIGS / name)
         assert config.init_from and config.stages, name
+        if config.init_from.startswith("runs/weights-"):  # an earlier embedded model's weights
+            assert config.init_fingerprint and config.init_fingerprint in config.init_from, name
+            for stage in config.stages:
+                if isinstance(stage.distill, str):
+                    assert stage.distill_fingerprint in stage.distill, name
         arch = ModelConfig.from_json_file(CONFIGS / "small.json")
         for stage in config.stages:
             assert (stage.patch_size or config.data.patch_size) % arch.pad_multiple == 0, name

@@ -133,6 +133,22 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------------------- fingerprint
+def require_fingerprint(loaded: LoadedModel, expected: str | None, role: str, key: str) -> None:
+    """Refuse a model whose fingerprint does not start with ``expected`` (hex; None: any).
+
+    For recipes tied to particular weights: a path such as the embedded model's holds other
+    weights once a new model is shipped, and training would silently go on from them. ``role``
+    and ``key`` name the recipe's path and fingerprint fields in the error.
+    """
+    if expected is None or loaded.fingerprint.hex().startswith(expected):
+        return
+    raise ConfigError(
+        f"{role} {loaded.directory} has fingerprint {loaded.fingerprint.hex()[: len(expected)]}, "
+        f"not {expected} as the recipe expects: it was made for other weights (its header says "
+        f"where to get them; edit {key} to run it on these)"
+    )
+
+
 def _canonical_config(config: ModelConfig) -> bytes:
     data = config.to_dict()
     for key in _DESCRIPTIVE:

@@ -24,6 +24,7 @@ hyper-coder the next ``hyper`` stage trains).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -97,6 +98,17 @@ class LossConfig:
     adversarial_start: int = 0
 
 
+def check_fingerprint_field(value: object, name: str) -> None:
+    """A recipe's expected fingerprint: 8 to 64 lowercase hex digits, as a string."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{8,64}", value):
+        raise ConfigError(
+            f"{name} must be 8 to 64 lowercase hex digits, in quotes in YAML (the fingerprint "
+            f"`oscar info` prints), got {value!r}"
+        )
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """One stage. Training stages (vae, diffusion, hyper, joint) use the optimisation fields."""
@@ -130,6 +142,9 @@ class StageConfig:
     # exp(latent_log_scale · N(0, 1))
     latent_shift: float = 0.0
     latent_log_scale: float = 0.0
+    # decoder with a distill directory only: the fingerprint (hex, as `oscar info` prints it, or
+    # longer) the teacher must have: a recipe tied to particular weights refuses others
+    distill_fingerprint: str | None = None
     # add_level only
     grid_factor: int | None = None
     codebook_size: int | None = None
@@ -163,6 +178,9 @@ class StageConfig:
                 "latent_shift and latent_log_scale need distill: a jittered latent has no crop to"
                 " match, only a teacher's decoding"
             )
+        check_fingerprint_field(self.distill_fingerprint, "distill_fingerprint")
+        if self.distill_fingerprint is not None and not isinstance(self.distill, str):
+            raise ConfigError("distill_fingerprint needs distill to name a model directory")
         if not 0.0 <= self.clean_latent_fraction <= 1.0:
             raise ConfigError("clean_latent_fraction must be in [0, 1]")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -181,6 +199,8 @@ class TrainConfig:
     stages: tuple[StageConfig, ...]
     model: str | None = None
     init_from: str | None = None
+    # the fingerprint (hex prefix) init_from must have; see StageConfig.distill_fingerprint
+    init_fingerprint: str | None = None
     base_model: str | None = None
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -197,6 +217,9 @@ class TrainConfig:
             raise ConfigError("give exactly one of `model` (architecture) or `init_from` (model)")
         if not self.stages:
             raise ConfigError("the recipe has no stages")
+        check_fingerprint_field(self.init_fingerprint, "init_fingerprint")
+        if self.init_fingerprint is not None and self.init_from is None:
+            raise ConfigError("init_fingerprint needs init_from")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("checkpoint_every and log_every must be >= 1")
 

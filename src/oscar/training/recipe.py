@@ -27,7 +27,7 @@ import torch
 from oscar.config import ModelConfig
 from oscar.errors import ConfigError
 from oscar.models.oscar import OscarModel
-from oscar.pretrained import load_model, model_on_base, save_model
+from oscar.pretrained import load_model, model_on_base, require_fingerprint, save_model
 from oscar.priors import IndexPriors
 from oscar.provenance import cpu_model
 from oscar.training.config import TRAINING_KINDS, StageConfig, TrainConfig
@@ -92,6 +92,8 @@ def _build_model(config: TrainConfig, source: Path | None, device: torch.device)
     # trains it further (or leaves it alone) and the saved directory keeps it apart from the
     # base weights (oscar.models.lora).
     loaded = load_model(source, base_model=config.base_model, device=device, merge_lora=False)
+    if config.init_from is not None and source == Path(config.init_from):
+        require_fingerprint(loaded, config.init_fingerprint, "init_from", "init_fingerprint")
     return loaded.model.train(), loaded.priors
 
 

@@ -43,7 +43,7 @@ from torch import nn
 from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
 from oscar.models.vae_decoder import replace_decoder
-from oscar.pretrained import load_model
+from oscar.pretrained import load_model, require_fingerprint
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import l1, make_perceptual, value
 from oscar.training.stage1 import resolve_levels
@@ -143,7 +143,11 @@ class DecoderStage(Stage):
         in the directory ``distill`` names, which must share this model's encoder."""
         if distill is True:  # a copy: this model's own VAE is about to be trained
             return _Teacher(copy.deepcopy(self.model.vae), self.model.scaling_factor)
-        other = load_model(distill, device=self.ctx.device).model
+        loaded = load_model(distill, device=self.ctx.device)
+        require_fingerprint(
+            loaded, self.stage.distill_fingerprint, "distill", "distill_fingerprint"
+        )
+        other = loaded.model
         own = self.model.vae.encoder.state_dict()
         theirs = other.vae.encoder.state_dict()
         same = own.keys() == theirs.keys() and all(
