@@ -79,12 +79,15 @@ def _ratio(before: float, after: float) -> str:
 
 
 # ----------------------------------------------------------------------------- tables and notes
-def other_machines(results: Path) -> dict[str, dict]:
-    """name → main-group document of each run made with ``benchmarks/run.py --machine NAME``."""
+MACHINE_GROUPS = ("main", "steps-1080p")  # what ``benchmarks/run.py --machine NAME`` runs
+
+
+def other_machines(results: Path) -> dict[str, dict[str, dict | None]]:
+    """name → {group: document} of each run made with ``benchmarks/run.py --machine NAME``."""
     folder = results / MACHINES
     found = {}
     for path in sorted(folder.glob("*/main.json")) if folder.is_dir() else []:
-        found[path.parent.name] = json.loads(path.read_text())
+        found[path.parent.name] = {group: load(path.parent, group) for group in MACHINE_GROUPS}
     return found
 
 
@@ -103,12 +106,13 @@ def ratio_parts(result: dict) -> dict[str, float] | None:
     return {"unet": unet, "vae": vae, "rest": rest, "vae_limit": (10 * unet - 9 * rest) / 9}
 
 
-def machines_table(main: dict | None, others: dict[str, dict]) -> str:
-    """The main group's 1- and 20-step decodes on each machine it was run on."""
+def machines_table(own: dict[str, dict | None], others: dict[str, dict[str, dict | None]]) -> str:
+    """The 1- and 20-step decodes at 768×512 (and the ratio at 1920×1080) on each machine."""
     from oscar.bench_report import markdown_table
 
     rows = []
-    for name, doc in [("this page's", main), *others.items()]:
+    for name, groups in [("this page's", own), *others.items()]:
+        doc = groups["main"]
         r = find(doc, *TARGET_SIZE)
         parts = ratio_parts(r) if r is not None else None
         if parts is None:
@@ -125,6 +129,7 @@ def machines_table(main: dict | None, others: dict[str, dict]) -> str:
                 *(f"{parts[k] * 1e3:.1f}" for k in ("unet", "vae", "rest", "vae_limit")),
                 f"{median(r['decode']['20']):.3f}",
                 f"{r['decode']['20']['time_vs_one_step']:.1f}×",
+                _steps_ratio(find(groups.get("steps-1080p"), 1920, 1080)),
             ]
         )
     if len(rows) < 2:
@@ -145,8 +150,15 @@ def machines_table(main: dict | None, others: dict[str, dict]) -> str:
         "VAE ms for 10×",
         "20-step decode s",
         "× 1-step",
+        "× 1-step at 1920×1080",
     ]
     return markdown_table(header, rows)
+
+
+def _steps_ratio(result: dict | None) -> str:
+    if result is None or "20" not in result["decode"]:
+        return "not run"
+    return f"{result['decode']['20']['time_vs_one_step']:.1f}×"
 
 
 def targets_table(docs: dict[str, dict | None], others: dict[str, dict]) -> str:
@@ -167,8 +179,8 @@ def targets_table(docs: dict[str, dict | None], others: dict[str, dict]) -> str:
         peak = decode_peak(four_k)
         label = "peak memory, 3840×2160 decode (process RSS, decoding alone)"
         rows.append([label, "< 6 GB", f"{peak * 2**20 / 1e9:.2f} GB", _ok(peak < MEMORY_LIMIT_MB)])
-    for name, doc in others.items():
-        other = find(doc, *TARGET_SIZE)
+    for name, groups in others.items():
+        other = find(groups["main"], *TARGET_SIZE)
         if other is not None and "20" in other["decode"]:
             ratio = other["decode"]["20"]["time_vs_one_step"]
             label = f"(another machine, `{name}`) the same ratio, 768×512, same model"
@@ -497,7 +509,7 @@ def render(results: Path, template: Path) -> str:
         "provenance": info,
         "level": level_text(level, run),
         "targets": targets_table(docs, others),
-        "machines": machines_table(docs["main"], others),
+        "machines": machines_table({g: docs[g] for g in MACHINE_GROUPS}, others),
         "steps_note": steps_note(docs),
         "main": group_section(docs["main"], stages=True),
         "before_after": before_after_table(docs["baseline"], docs["main"]),

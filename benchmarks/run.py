@@ -3,7 +3,7 @@
     python benchmarks/run.py                 # the full set (about 13 minutes on 2 idle cores)
     python benchmarks/run.py --quick         # smoke run into /tmp/oscar-bench-quick/ (~2 min)
     python benchmarks/run.py --render-only   # rewrite BENCHMARKS.md from benchmarks/results/
-    python benchmarks/run.py --machine NAME  # the main group on this machine, as another machine
+    python benchmarks/run.py --machine NAME  # 1 vs 20 steps on this machine, as another one
 
 The model is ``--model DIR`` when given, else the embedded model (``src/oscar/weights/small``)
 when this checkout has one, else a ``small`` model made here with ``oscar init
@@ -15,10 +15,10 @@ much CPU other processes used meanwhile); BENCHMARKS.md is rewritten from
 ``benchmarks/template.md``. Run it on an otherwise idle machine: when other processes used more
 than a tenth of the CPU during the runs, the output is marked provisional.
 
-``--machine NAME`` runs the main group (768×512, 1, 4 and 20 steps) into
-``benchmarks/results/machines/NAME/`` instead: machines that report the same CPU differ by 2× in
-float32 speed, and not every stage alike, so the same comparison from other machines is kept
-beside the page's own run rather than mixed into it.
+``--machine NAME`` runs only the groups that compare 1 and 20 steps (``main``, 768×512, and
+``steps-1080p``) into ``benchmarks/results/machines/NAME/`` instead: machines that report the
+same CPU differ by 2× in float32 speed, and not every stage alike, so the same comparison from
+other machines is kept beside the page's own run rather than mixed into it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import MACHINES, render  # benchmarks/render.py, beside this file
+from render import MACHINE_GROUPS, MACHINES, render  # benchmarks/render.py, beside this file
 
 from oscar.provenance import git_state
 
@@ -224,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         "--machine",
         default=None,
         metavar="NAME",
-        help="measure only the main group, into RESULTS/machines/NAME/, for the table of other "
-        "machines; the rest of BENCHMARKS.md is rendered from the results already there",
+        help="measure only the 1- vs 20-step groups (main, steps-1080p), into "
+        "RESULTS/machines/NAME/, for the table of other machines; the rest of BENCHMARKS.md is "
+        "rendered from the results already there",
     )
     parser.add_argument("--render-only", action="store_true", help="only rewrite the Markdown")
     parser.add_argument("--device", default="cpu", help="device for oscar bench")
@@ -249,10 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     measured = results  # where this run's JSON goes; BENCHMARKS.md is rendered from ``results``
     if args.machine is not None:
         if args.groups or args.quick or args.render_only:
-            parser.error("--machine runs the main group only: no --groups, --quick, --render-only")
+            parser.error("--machine runs its own groups: no --groups, --quick or --render-only")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", args.machine):
             parser.error("--machine NAME: letters, digits, '.', '_' and '-' (a folder name)")
-        names, measured = ["main"], results / MACHINES / args.machine
+        names, measured = list(MACHINE_GROUPS), results / MACHINES / args.machine
     unknown = set(names) - set(GROUPS)
     if unknown:
         parser.error(f"unknown groups {sorted(unknown)}; known: {', '.join(GROUPS)}")

@@ -65,7 +65,7 @@ def test_render_fills_every_field(run_script, tiny_model_dir, tmp_path):
     assert run_script.main(["--render-only", "--results", str(results), "--output", str(out)]) == 0
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| slow-vm |")]
-    assert len(rows) == 1 and "| 0.500 |" in rows[0] and "| 4.000 | 8.0× |" in rows[0]
+    assert len(rows) == 1 and "| 0.500 |" in rows[0] and "| 4.000 | 8.0× | not run |" in rows[0]
     speed = doc["results"][0]["runtime"]["float32_gflops"]
     assert f"| {speed['matmul']:.0f} / {speed['conv3x3']:.0f} |" in rows[0]
     target = "| (another machine, `slow-vm`) the same ratio, 768×512, same model | ≥ 10× |"
@@ -76,14 +76,16 @@ def test_machine_runs_the_main_group_into_its_own_folder(
     run_script, tiny_model_dir, tmp_path, monkeypatch
 ):
     small = ["--sizes", "64x48", "--steps", "1,20", "--repeats", "1", "--warmup", "0", "--no-flops"]
-    monkeypatch.setitem(run_script.GROUPS, "main", ("main, made small for the test", small, None))
+    for group in ("main", "steps-1080p"):
+        monkeypatch.setitem(run_script.GROUPS, group, (f"{group}, made small", small, None))
     results, out = tmp_path / "results", tmp_path / "B.md"
     argv = ["--model", str(tiny_model_dir), "--results", str(results), "--output", str(out)]
     assert run_script.main([*argv, "--machine", "vm-2"]) == 0
     folder = results / "machines" / "vm-2"
-    assert sorted(p.name for p in folder.iterdir()) == ["main.json", "run.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["main.json", "run.json", "steps-1080p.json"]
     assert not (results / "main.json").exists()  # the page's own results are left alone
-    assert [g["group"] for g in json.loads((folder / "run.json").read_text())["groups"]] == ["main"]
+    groups = json.loads((folder / "run.json").read_text())["groups"]
+    assert [g["group"] for g in groups] == ["main", "steps-1080p"]
     for bad in (
         ["--machine", "../up"],
         ["--machine", "x", "--groups", "batch"],
