@@ -27,9 +27,10 @@ GROUP_NAMES = (
 TARGET_SIZE = (768, 512)
 MEMORY_LIMIT_MB = 6e9 / 2**20  # "under 6 GB", decimal gigabytes
 BUSY_SHARE = 0.1  # other processes' share of the CPU above which results are provisional
-# results/machines/<name>/main.json: the main group measured on other machines
-# (``benchmarks/run.py --machine NAME``), shown side by side with this page's.
+# results/machines/<name>/<group>.json: the groups comparing 1 and 20 steps, measured on other
+# machines (``benchmarks/run.py --machine NAME``), shown side by side with this page's.
 MACHINES = "machines"
+MACHINE_GROUPS = ("main", "steps-1080p")
 
 
 # ----------------------------------------------------------------------------- reading results
@@ -79,9 +80,6 @@ def _ratio(before: float, after: float) -> str:
 
 
 # ----------------------------------------------------------------------------- tables and notes
-MACHINE_GROUPS = ("main", "steps-1080p")  # what ``benchmarks/run.py --machine NAME`` runs
-
-
 def other_machines(results: Path) -> dict[str, dict[str, dict | None]]:
     """name → {group: document} of each run made with ``benchmarks/run.py --machine NAME``."""
     folder = results / MACHINES
@@ -161,7 +159,7 @@ def _steps_ratio(result: dict | None) -> str:
     return f"{result['decode']['20']['time_vs_one_step']:.1f}×"
 
 
-def targets_table(docs: dict[str, dict | None], others: dict[str, dict]) -> str:
+def targets_table(docs: dict[str, dict | None], others: dict[str, dict[str, dict | None]]) -> str:
     from oscar.bench_report import markdown_table
 
     rows = []
