@@ -5,8 +5,8 @@
 #
 # The embedded model came from four runs, each shipped with this script: configs/train_small.yaml
 # (runs/small), configs/train_small_refine.yaml (runs/small-refine, from runs/small),
-# configs/train_small_decoder.yaml (runs/small-decoder, from the shipped weights) and
-# configs/train_small_fast_decoder.yaml (runs/small-fast-decoder, from the shipped weights).
+# configs/train_small_decoder.yaml (runs/small-decoder, from the weights shipped then, 037e32e2)
+# and configs/train_small_fast_decoder.yaml (runs/small-fast-decoder, from 459304a0).
 #
 # 1. export the run's last stage's model with float16 weights into src/oscar/weights/small
 #    (computation stays float32; the package ships the float16 files);

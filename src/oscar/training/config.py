@@ -104,8 +104,8 @@ def check_fingerprint_field(value: object, name: str) -> None:
         return
     if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{8,64}", value):
         raise ConfigError(
-            f"{name} must be 8 to 64 lowercase hex digits, in quotes in YAML (the fingerprint "
-            f"`oscar info` prints), got {value!r}"
+            f"{name} must be 8 to 64 lowercase hex digits, in quotes in YAML (the model "
+            f"fingerprint `oscar info` prints for its files), got {value!r}"
         )
 
 
