@@ -58,6 +58,14 @@ def test_model_directory_references_the_base(model_dir, base_dir, lora_model):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_info_describes_a_model_on_a_base(model_dir, base_dir, capsys):
+    assert main(["info", "--model", str(model_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["base_model"] == str(base_dir.resolve())
+    assert info["lora"]["rank"] == 2 and info["lora"]["modules"] > 0
+    assert info["fingerprint"] == load_model(model_dir).fingerprint.hex()
+
+
 def test_base_model_option_and_environment(tmp_path, model_dir, base_dir, monkeypatch):
     moved = tmp_path / "elsewhere"
     shutil.copytree(base_dir, moved)

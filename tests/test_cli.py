@@ -58,6 +58,37 @@ def test_compress_info_decompress(tiny_model_dir, tmp_path, capsys):
     assert Image.open(tmp_path / "a.png.out.png").size == (90, 70)
 
 
+def test_info_without_files_describes_the_model(tiny_model_dir, tmp_path, capsys):
+    from oscar.pretrained import load_model
+
+    loaded = load_model(tiny_model_dir)
+    m = str(tiny_model_dir)
+    assert main(["info", "--model", m, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["fingerprint"] == loaded.fingerprint.hex()
+    assert info["parameters"]["total"] == sum(p.numel() for p in loaded.model.parameters())
+    assert info["embedded"] is False and info["lora"] is None and info["priors"] is True
+    rates = loaded.model.config.levels
+    assert [lv["level"] for lv in info["levels"]] == [r.level for r in rates]
+    assert [lv["nominal_bpp"] for lv in info["levels"]] == [r.nominal_bpp for r in rates]
+    for lv in info["levels"]:  # the priors' entropy, within 0..log2 K bits
+        assert 0 < lv["prior_entropy_bits"] <= np.log2(lv["codebook_size"]) + 1e-9
+
+    # Files made with the model carry the fingerprint's first bytes, as `info` says.
+    Image.fromarray(make_image(40, 40)).save(tmp_path / "a.png")
+    assert main(["compress", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.oscar"),
+                 "--model", m]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "a.oscar"), "--model", m, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fingerprint"] == info["file_fingerprint"]
+
+    assert main(["info", "--model", m]) == 0
+    text = capsys.readouterr().out
+    assert info["fingerprint"] in text and "files made with it carry" in text
+    assert main(["info", "--model", str(tmp_path / "missing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_folder_batch_with_a_bad_file(tiny_model_dir, tmp_path, capsys):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)

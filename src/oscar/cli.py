@@ -19,6 +19,7 @@ from oscar.errors import OscarError
 
 COMMAND_MODULES = (
     "oscar.commands.coding",
+    "oscar.commands.info",
     "oscar.commands.models",
     "oscar.commands.convert",
     "oscar.commands.training",

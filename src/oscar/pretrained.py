@@ -145,7 +145,8 @@ def require_fingerprint(loaded: LoadedModel, expected: str | None, role: str, ke
     raise ConfigError(
         f"{role} {loaded.directory} has fingerprint {loaded.fingerprint.hex()[: len(expected)]}, "
         f"not {expected} as the recipe expects: it was made for other weights (its header says "
-        f"where to get them; edit {key} to run it on these)"
+        f"where to get them; to run it on these, set {key} to what `oscar info --model "
+        f"{loaded.directory}` prints)"
     )
 
 

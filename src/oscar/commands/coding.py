@@ -1,10 +1,8 @@
-"""``oscar compress``, ``oscar decompress`` and ``oscar info``."""
+"""``oscar compress`` and ``oscar decompress``."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from oscar.commands.common import (
     Job,
@@ -88,25 +86,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_force_option(p)
     p.set_defaults(handler=run_decompress)
 
-    p = sub.add_parser(
-        "info",
-        help="show the header and rates of .oscar files",
-        formatter_class=HelpFormatter,
-        description="Parse .oscar files and show their fields, measured bpp (file bytes × 8 / "
-        "pixels) and the nominal bpp of their level. Reads the model's configuration only.",
-    )
-    p.add_argument("inputs", nargs="+", metavar="FILE")
-    p.add_argument(
-        "--model",
-        metavar="DIR",
-        default=None,
-        help="model whose rate table to use (default: the embedded model)",
-    )
-    p.add_argument("--base-model", metavar="DIR", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--json", action="store_true", help="print one JSON object per file")
-    add_limit_options(p)
-    p.set_defaults(handler=run_info)
-
 
 def _choose_level(args: argparse.Namespace, codec) -> int:
     from oscar.rates import nearest_level_by_bpp
@@ -167,97 +146,3 @@ def _refuse_existing(jobs: list[Job], force: bool) -> None:
             f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         )
         raise ConfigError(f"output exists: {shown}; pass --force to overwrite")
-
-
-def describe_file(data: bytes, config, limits) -> dict:
-    """Header fields and rates of one file, as a JSON-ready dict."""
-    from oscar import bitstream
-
-    container = bitstream.read(data, limits)
-    h = container.header
-    pixels = h.height * h.width
-    info = {
-        "format_version": bitstream.VERSION,
-        "level": h.level,
-        "coder": h.coder_name,
-        "fingerprint": h.fingerprint.hex(),
-        "height": h.height,
-        "width": h.width,
-        "grey": h.grey,
-        "file_bytes": container.total_bytes,
-        "payload_bytes": len(container.payload),
-        "overhead_bytes": container.overhead_bytes,
-        "measured_bpp": container.total_bytes * 8 / pixels,
-        "payload_bpp": len(container.payload) * 8 / pixels,
-    }
-    if config is not None and h.level in config.level_numbers:
-        rate = config.level(h.level)
-        gh, gw = config.token_grid(h.height, h.width, h.level)
-        info.update(
-            {
-                "grid_factor": rate.grid_factor,
-                "codebook_size": rate.codebook_size,
-                "timestep": rate.timestep,
-                "tokens": [gh, gw],
-                "nominal_bpp": rate.nominal_bpp,
-                "fixed_payload_bytes": -(-gh * gw * rate.bits_per_index // 8),
-            }
-        )
-    return info
-
-
-def run_info(args: argparse.Namespace) -> int:
-    from oscar.bitstream import Limits
-    from oscar.errors import OscarError
-    from oscar.pretrained import read_config, resolve_model_dir
-
-    limits = Limits(max_pixels=args.max_pixels)
-    try:
-        config = read_config(resolve_model_dir(args.model), args.base_model)
-    except OscarError as exc:
-        if args.model is not None:
-            raise
-        config = None
-        note = f"(no rate table: {exc})"
-    failed = 0
-    for text in args.inputs:
-        path = Path(text)
-        try:
-            info = describe_file(read_input_file(path, limits.max_file_bytes), config, limits)
-        except OscarError as exc:
-            print(f"oscar: error: {path}: {exc}", file=__import__("sys").stderr)
-            failed += 1
-            continue
-        if args.json:
-            print(json.dumps({"file": str(path), **info}))
-            continue
-        print(f"{path}")
-        print(
-            f"  image           {info['width']} x {info['height']}"
-            + ("  (greyscale)" if info["grey"] else "")
-        )
-        print(f"  level           {info['level']}", end="")
-        if "grid_factor" in info:
-            print(
-                f"  (grid factor {info['grid_factor']}, codebook {info['codebook_size']}, "
-                f"timestep {info['timestep']})"
-            )
-            print(f"  tokens          {info['tokens'][0]} x {info['tokens'][1]}")
-        else:
-            print(f"  {note}")
-        print(f"  coder           {info['coder']}")
-        print(f"  fingerprint     {info['fingerprint']}")
-        print(
-            f"  bytes           {info['file_bytes']} = payload {info['payload_bytes']} "
-            f"+ overhead {info['overhead_bytes']} (header, side info, checksum)"
-        )
-        print(
-            f"  measured bpp    {info['measured_bpp']:.5f}  (payload only "
-            f"{info['payload_bpp']:.5f})"
-        )
-        if "nominal_bpp" in info:
-            print(
-                f"  nominal bpp     {info['nominal_bpp']:.5f}  (fixed-length payload "
-                f"{info['fixed_payload_bytes']} bytes)"
-            )
-    return 1 if failed else 0

@@ -40,7 +40,7 @@ def _run_atheris(args: argparse.Namespace) -> int:
     with atheris.instrument_imports(include=["oscar"]):
         import oscar.bitstream
         import oscar.codec
-        import oscar.commands.coding
+        import oscar.commands.info
         import oscar.entropy  # noqa: F401
     codec = _load_codec(args)
     seeds = make_seeds(codec)

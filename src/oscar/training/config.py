@@ -105,7 +105,7 @@ def check_fingerprint_field(value: object, name: str) -> None:
     if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{8,64}", value):
         raise ConfigError(
             f"{name} must be 8 to 64 lowercase hex digits, in quotes in YAML (the model "
-            f"fingerprint `oscar info` prints for its files), got {value!r}"
+            f"fingerprint `oscar info --model DIR` prints), got {value!r}"
         )
 
 
@@ -142,8 +142,9 @@ class StageConfig:
     # exp(latent_log_scale · N(0, 1))
     latent_shift: float = 0.0
     latent_log_scale: float = 0.0
-    # decoder with a distill directory only: the fingerprint (hex, as `oscar info` prints it, or
-    # longer) the teacher must have: a recipe tied to particular weights refuses others
+    # decoder with a distill directory only: the fingerprint (hex, as `oscar info --model DIR`
+    # prints it, or a prefix) the teacher must have; a recipe tied to particular weights
+    # refuses others
     distill_fingerprint: str | None = None
     # add_level only
     grid_factor: int | None = None
