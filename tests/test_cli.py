@@ -87,6 +87,10 @@ def test_info_without_files_describes_the_model(tiny_model_dir, tmp_path, capsys
     assert info["fingerprint"] in text and "files made with it carry" in text
     assert main(["info", "--model", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["info", m]) == 1  # a model directory given as a file: a pointer, once
+    assert capsys.readouterr().err.strip() == (
+        f"oscar: error: {m} is a model directory: `oscar info --model {m}` describes it"
+    )
 
 
 def test_folder_batch_with_a_bad_file(tiny_model_dir, tmp_path, capsys):

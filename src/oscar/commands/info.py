@@ -87,8 +87,8 @@ def describe_file(data: bytes, config, limits) -> dict:
 
 def _print_files(args: argparse.Namespace) -> int:
     from oscar.bitstream import Limits
-    from oscar.errors import OscarError
-    from oscar.pretrained import read_config, resolve_model_dir
+    from oscar.errors import ConfigError, OscarError
+    from oscar.pretrained import MODEL_FILE, read_config, resolve_model_dir
 
     limits = Limits(max_pixels=args.max_pixels)
     try:
@@ -102,7 +102,17 @@ def _print_files(args: argparse.Namespace) -> int:
     for text in args.inputs:
         path = Path(text)
         try:
-            info = describe_file(read_input_file(path, limits.max_file_bytes), config, limits)
+            if (path / MODEL_FILE).is_file():
+                raise ConfigError(
+                    f"{path} is a model directory: `oscar info --model {path}` describes it"
+                )
+            data = read_input_file(path, limits.max_file_bytes)  # its errors name the path
+        except OscarError as exc:
+            print(f"oscar: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            info = describe_file(data, config, limits)
         except OscarError as exc:
             print(f"oscar: error: {path}: {exc}", file=sys.stderr)
             failed += 1
