@@ -426,6 +426,17 @@ def _bench_args(doc: dict) -> list[str]:
     return shown
 
 
+def changed_text(git: dict, shown: int = 5) -> str:
+    """``: a, b and N more`` for the files a dirty checkout changed; empty where the record
+    predates their recording."""
+    changed = git.get("changed") or []
+    if not changed:
+        return ""
+    more = git.get("changed_count", len(changed)) - min(shown, len(changed))
+    names = ", ".join(f"`{p}`" for p in changed[:shown])
+    return f": {names}" + (f" and {more} more" if more else "")
+
+
 def provenance(docs: dict[str, dict | None], run: dict | None) -> tuple[str, str]:
     """The setup list and the banner above it."""
     present = [d for d in docs.values() if d]
@@ -442,7 +453,7 @@ def provenance(docs: dict[str, dict | None], run: dict | None) -> tuple[str, str
     lines = [
         f"- Date: {dates[0]} to {dates[-1]} (UTC)",
         f"- Commit: {', '.join(sorted(commits)) if len(commits) > 1 else commit}"
-        + (" (with uncommitted changes)" if git.get("dirty") else ""),
+        + (f" (with uncommitted changes{changed_text(git)})" if git.get("dirty") else ""),
         f"- Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs, {m['torch_threads']} torch "
         f"threads, CPU features {', '.join(m['cpu_flags']) or 'n/a'}, "
         f"{m['memory_gb']:.0f} GB memory, {m['os']}"

@@ -42,6 +42,7 @@ def test_render_fills_every_field(run_script, tiny_model_dir, tmp_path):
     assert oscar_main([*argv, "-o", str(results / "main.json")]) == 0
     doc = json.loads((results / "main.json").read_text())
     doc["results"][0]["config"].update(width=768, height=512)  # as if measured at that size
+    doc["git"] = {"commit": "ab" * 20, "dirty": True, "changed": ["src/x.py"], "changed_count": 1}
     (results / "main.json").write_text(json.dumps(doc))
     four_k = copy.deepcopy(doc)
     four_k["results"][0]["config"].update(width=3840, height=2160)
@@ -53,6 +54,7 @@ def test_render_fills_every_field(run_script, tiny_model_dir, tmp_path):
     assert "decode 768×512 (median)" in text and "3840×2160 decode" in text
     assert "20-step/1-step ratio" in text and "_Not run._" in text  # groups not run say so
     assert "_Run on this page's machine only" in text  # no other machine yet
+    assert "- Commit: ababababab (with uncommitted changes: `src/x.py`)" in text
 
     # Another machine's main group (as benchmarks/run.py --machine writes it): its own row in
     # the machines table and in the targets table, from its own numbers.

@@ -31,7 +31,11 @@ def test_git_state_sees_changes_except_under_excluded_paths(tmp_path):
     assert git_state(repo, exclude=[repo / "results"])["dirty"] is False
     assert git_state(repo)["dirty"] is True
     (repo / "code.py").write_text("a = 2\n")
-    assert git_state(repo, exclude=[repo / "results"])["dirty"] is True
+    state = git_state(repo, exclude=[repo / "results"])
+    assert state["dirty"] is True
+    assert state["changed"] == ["code.py"] and state["changed_count"] == 1
+    _git(repo, "add", "code.py")  # staged changes count too
+    assert git_state(repo)["changed"] == ["code.py", "results/out.json"]
 
 
 def test_outside_a_checkout_there_is_no_commit(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when running from one
+MAX_CHANGED_PATHS = 50  # of a dirty checkout, recorded by git_state
 
 
 def cpu_model() -> str:
@@ -63,7 +64,8 @@ def load_average() -> list[float] | None:
 
 def git_state(root: Path = SOURCE_ROOT, exclude: Sequence[Path] = ()) -> dict[str, Any]:
     """Commit of the checkout at ``root`` and whether tracked files differ from it (files under
-    ``exclude``, such as a script's own outputs, not counted); ``{"commit": None}`` outside one."""
+    ``exclude``, such as a script's own outputs, not counted), with the first
+    ``MAX_CHANGED_PATHS`` of those files and their count; ``{"commit": None}`` outside one."""
 
     def git(*args: str) -> str | None:
         try:
@@ -83,9 +85,16 @@ def git_state(root: Path = SOURCE_ROOT, exclude: Sequence[Path] = ()) -> dict[st
         for p in exclude
         if root in Path(p).resolve().parents
     ]
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
+    # Tracked files that differ from the commit (staged or not), so that a record made from a
+    # dirty tree still says what the measured code was.
+    names = git("diff", "--name-only", "HEAD", "--", ".", *outputs)
+    changed = sorted(names.splitlines()) if names else []
     branch = git("rev-parse", "--abbrev-ref", "HEAD")
-    return {"commit": commit, "dirty": bool(status), "branch": branch}
+    state: dict[str, Any] = {"commit": commit, "dirty": bool(changed), "branch": branch}
+    if changed:
+        state["changed"] = changed[:MAX_CHANGED_PATHS]
+        state["changed_count"] = len(changed)
+    return state
 
 
 def library_versions() -> dict[str, str | None]:
