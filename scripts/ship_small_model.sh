@@ -12,7 +12,9 @@
 #    (computation stays float32; the package ships the float16 files);
 # 2. refit the entropy-coder priors on the exported weights (float16 rounding can move indices),
 #    on nearest-codeword indices (--effort 0), as the shipped priors were fitted before the
-#    encoder's index search existed (the decoder-only run keeps the same tables);
+#    encoder's index search existed (the decoder-only run keeps the same tables); fitting them
+#    at the default effort instead saves 0.1-2.1 % of the bytes (model card, "Rates"): drop
+#    --effort 0 when a model change invalidates the files anyway;
 # 3. evaluate on the held-out split against JPEG, WebP, AVIF and JPEG XL at matched measured bpp
 #    (real bytes; --no-sweep keeps it to about 15 minutes on 2 cores);
 # 4. copy the rate-distortion plot into docs/images/ and print the model card's tables
