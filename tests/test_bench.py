@@ -86,6 +86,10 @@ def test_bench_command_writes_json(tiny_model_dir, tmp_path, capsys):
         assert result["config"]["level"] == 7 and result["config"]["width"] == 64
         _check_result(result, [1, 2])
         assert result["encode"]["total"]["gflop"] > 0 and result["decode"]["2"]["total"]["gflop"]
+    from oscar.bench_report import describe_environment
+
+    doc["git"] = {"commit": "ab" * 20, "dirty": True, "changed": ["a", "b"], "changed_count": 2}
+    assert "commit ababababab (dirty: 2 changed files)" in describe_environment(doc)
 
 
 def test_bench_without_flop_counting_with_encoder_effort(tiny_model_dir, tmp_path, capsys):

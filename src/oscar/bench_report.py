@@ -161,7 +161,10 @@ def describe_environment(doc: dict[str, Any]) -> str:
         if "float32_gflops" in rt:  # results written before it was measured have none
             parts.append(f"float32 {throughput_text(rt['float32_gflops'])}")
     git = doc.get("git", {})
-    commit = (git.get("commit") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
+    commit = (git.get("commit") or "unknown")[:10]
+    if git.get("dirty"):  # the changed files are in the JSON (git.changed)
+        count = git.get("changed_count")
+        commit += f" (dirty: {count} changed files)" if count else " (dirty)"
     v = doc["versions"]
     parts.append(f"torch {v.get('torch')}, diffusers {v.get('diffusers')}, commit {commit}")
     load = doc.get("load_average", {})
