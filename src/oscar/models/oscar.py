@@ -35,6 +35,11 @@ from oscar.rates import VAE_FACTOR, RateLevel
 from oscar.tiling import Tiling, tiled_map
 
 
+def vae_decode(vae, y: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """Scaled latent (B,4,h,w) → the VAE's image (B,3,8h,8w), unclamped, in the VAE's dtype."""
+    return vae.decode((y / scaling_factor).to(vae.dtype)).sample
+
+
 @dataclass(frozen=True)
 class OscarOutput:
     """Everything a training step needs from one forward pass (shapes as in the module doc)."""
@@ -107,7 +112,7 @@ class OscarModel(nn.Module):
         """Scaled latent (B,4,h,w) → image (B,3,8h,8w) float32, clamped to [-1, 1]."""
 
         def decode(y: torch.Tensor) -> torch.Tensor:
-            return self.vae.decode((y / self.scaling_factor).to(self.vae.dtype)).sample
+            return vae_decode(self.vae, y, self.scaling_factor)
 
         stage = tiles.decoder if tiles is not None else None
         x_hat = tiled_map(decode, y_hat, stage, out_scale=VAE_FACTOR)

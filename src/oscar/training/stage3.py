@@ -42,6 +42,7 @@ from torch import nn
 
 from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
+from oscar.models.oscar import vae_decode
 from oscar.models.vae_decoder import replace_decoder
 from oscar.pretrained import load_model, require_fingerprint
 from oscar.training.loop import backward_and_step, make_optimized
@@ -63,7 +64,7 @@ class _Teacher:
 
     @torch.no_grad()
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode((y / self.scaling_factor).to(self.vae.dtype)).sample.clamp_(-1, 1)
+        return vae_decode(self.vae, y, self.scaling_factor).clamp_(-1, 1)
 
 
 def jitter_latents(
