@@ -89,6 +89,14 @@ def other_machines(results: Path) -> dict[str, dict[str, dict | None]]:
     return found
 
 
+def steps_ratio(result: dict | None) -> float | None:
+    """The `--steps 20` decode time over the one-step decode time, as measured in the same
+    run; None where 20 steps were not run."""
+    if result is None or "20" not in result["decode"]:
+        return None
+    return result["decode"]["20"]["time_vs_one_step"]
+
+
 def ratio_parts(result: dict) -> dict[str, float] | None:
     """The one-step decode split as the 20-step/1-step ratio needs it (seconds): UNet pass,
     VAE decoder, the rest, and the VAE time below which the ratio reaches 10×.
@@ -96,7 +104,7 @@ def ratio_parts(result: dict) -> dict[str, float] | None:
     ratio >= 10  <=>  20U + V + O >= 10 (U + V + O)  <=>  V <= (10U - 9O) / 9, with U the UNet
     pass, V the VAE decoder and O the rest of the one-step decode (the same in both).
     """
-    if "1" not in result["decode"] or "20" not in result["decode"]:
+    if "1" not in result["decode"] or steps_ratio(result) is None:
         return None
     one = result["decode"]["1"]
     unet, vae = (one["stages"][s]["wall_s"]["median"] for s in ("unet", "vae_decode"))
@@ -126,7 +134,7 @@ def machines_table(own: dict[str, dict | None], others: dict[str, dict[str, dict
                 f"{median(r['decode']['1']):.3f}",
                 *(f"{parts[k] * 1e3:.1f}" for k in ("unet", "vae", "rest", "vae_limit")),
                 f"{median(r['decode']['20']):.3f}",
-                f"{r['decode']['20']['time_vs_one_step']:.1f}×",
+                f"{steps_ratio(r):.1f}×",
                 _steps_ratio(find(groups.get("steps-1080p"), 1920, 1080)),
             ]
         )
@@ -154,9 +162,8 @@ def machines_table(own: dict[str, dict | None], others: dict[str, dict[str, dict
 
 
 def _steps_ratio(result: dict | None) -> str:
-    if result is None or "20" not in result["decode"]:
-        return "not run"
-    return f"{result['decode']['20']['time_vs_one_step']:.1f}×"
+    ratio = steps_ratio(result)
+    return "not run" if ratio is None else f"{ratio:.1f}×"
 
 
 def targets_table(docs: dict[str, dict | None], others: dict[str, dict[str, dict | None]]) -> str:
@@ -168,8 +175,8 @@ def targets_table(docs: dict[str, dict | None], others: dict[str, dict[str, dict
         dec, enc = median(main["decode"]["1"]), median(main["encode"])
         rows.append(["decode 768×512 (median)", "≤ 1.0 s", f"{dec:.3f} s", _ok(dec <= 1.0)])
         rows.append(["encode 768×512 (median)", "≤ 0.6 s", f"{enc:.3f} s", _ok(enc <= 0.6)])
-        if "20" in main["decode"]:
-            ratio = main["decode"]["20"]["time_vs_one_step"]
+        ratio = steps_ratio(main)
+        if ratio is not None:
             label = "`--steps 20` decode ÷ one-step decode, same file, same run"
             rows.append([label, "≥ 10×", f"{ratio:.1f}×", _ok(ratio >= 10)])
     four_k = find(docs.get("sizes-4k"), 3840, 2160)
@@ -178,18 +185,15 @@ def targets_table(docs: dict[str, dict | None], others: dict[str, dict[str, dict
         label = "peak memory, 3840×2160 decode (process RSS, decoding alone)"
         rows.append([label, "< 6 GB", f"{peak * 2**20 / 1e9:.2f} GB", _ok(peak < MEMORY_LIMIT_MB)])
     for name, groups in others.items():
-        other = find(groups["main"], *TARGET_SIZE)
-        if other is not None and "20" in other["decode"]:
-            ratio = other["decode"]["20"]["time_vs_one_step"]
+        ratio = steps_ratio(find(groups["main"], *TARGET_SIZE))
+        if ratio is not None:
             label = f"(another machine, `{name}`) the same ratio, 768×512, same model"
             rows.append([label, "≥ 10×", f"{ratio:.1f}×", _ok(ratio >= 10)])
-    big = find(docs.get("steps-1080p"), 1920, 1080)
-    if big is not None and "20" in big["decode"]:
-        ratio = big["decode"]["20"]["time_vs_one_step"]
+    ratio = steps_ratio(find(docs.get("steps-1080p"), 1920, 1080))
+    if ratio is not None:
         rows.append(["(for reference) the same ratio at 1920×1080", "", f"{ratio:.1f}×", ""])
-    sd21 = find(docs.get("sd21-architecture"), *TARGET_SIZE)
-    if sd21 is not None and "20" in sd21["decode"]:
-        ratio = sd21["decode"]["20"]["time_vs_one_step"]
+    ratio = steps_ratio(find(docs.get("sd21-architecture"), *TARGET_SIZE))
+    if ratio is not None:
         label = "(for reference) the same ratio, 768×512, `sd21` architecture (random weights)"
         rows.append([label, "", f"{ratio:.1f}×", ""])
     if not rows:
@@ -200,13 +204,14 @@ def targets_table(docs: dict[str, dict | None], others: dict[str, dict[str, dict
 def steps_note(docs: dict[str, dict | None]) -> str:
     """Why the 20-step/1-step ratio is what it is, from the FLOP counts of the main run."""
     r = find(docs.get("main"), *TARGET_SIZE)
-    if r is None or "20" not in r["decode"] or "gflop" not in r["decode"]["1"]["total"]:
+    parts = ratio_parts(r) if r is not None else None
+    if parts is None or "gflop" not in r["decode"]["1"]["total"]:
         return ""
-    ratio = r["decode"]["20"]["time_vs_one_step"]
+    ratio = steps_ratio(r)
     one = r["decode"]["1"]
     total, unet = one["total"]["gflop"], one["stages"]["unet"]["gflop"]
     vae = one["stages"]["vae_decode"]["gflop"]
-    unet_s, vae_s = (one["stages"][s]["wall_s"]["median"] for s in ("unet", "vae_decode"))
+    unet_s, vae_s, rest_s, limit_s = (parts[k] for k in ("unet", "vae", "rest", "vae_limit"))
     vae_share = vae_s / median(one)
     by_flops = (total + 19 * unet) / total
     why = (
@@ -223,8 +228,6 @@ def steps_note(docs: dict[str, dict | None]) -> str:
         f"(measured: {ratio:.1f}×; {why}). The VAE decoder, which produces the full-"
         f"resolution image, takes {vae_share:.0%} of the one-step decode time."
     )
-    parts = ratio_parts(r)
-    rest_s, limit_s = parts["rest"], parts["vae_limit"]
     text += (
         f" Here the VAE decoder takes {vae_s * 1e3:.1f} ms, {vae_s / unet_s:.2f} UNet passes; with "
         f"the rest of the decode ({rest_s * 1e3:.1f} ms, mostly hyper-synthesis) the ratio reaches "
@@ -244,14 +247,14 @@ def steps_note(docs: dict[str, dict | None]) -> str:
 def sd21_note(docs: dict[str, dict | None], small_ratio: float) -> str:
     """The same ratio for SD 2.1's architecture, measured with random weights, if it was run."""
     r = find(docs.get("sd21-architecture"), *TARGET_SIZE)
-    if r is None or "20" not in r["decode"]:
+    parts = ratio_parts(r) if r is not None else None
+    if parts is None:
         return (
             "For the `sd21` architecture the ratio was not measured in this run "
             "(`python benchmarks/run.py --groups sd21-architecture`)."
         )
     one, twenty = r["decode"]["1"], r["decode"]["20"]
-    unet, vae = (one["stages"][s]["wall_s"]["median"] for s in ("unet", "vae_decode"))
-    ratio = twenty["time_vs_one_step"]
+    unet, vae, ratio = parts["unet"], parts["vae"], steps_ratio(r)
     if ratio >= 10:
         verdict = "reaches"
     else:
