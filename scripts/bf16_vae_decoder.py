@@ -25,11 +25,7 @@ from PIL import Image
 
 from oscar.codec import OscarCodec
 from oscar.commands.demo import sample_image_path
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
+from oscar.evaluation.metrics import psnr
 
 
 def timed(codec: OscarCodec, data: bytes, steps: int, repeats: int) -> tuple[float, np.ndarray]:

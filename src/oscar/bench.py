@@ -289,6 +289,8 @@ def float32_throughput(device, repeats: int = 5) -> dict[str, float]:
     """
     import torch
 
+    from oscar.device import synchronize
+
     def rate(work, flop: float) -> float:
         for _ in range(2):
             work()
@@ -296,8 +298,7 @@ def float32_throughput(device, repeats: int = 5) -> dict[str, float]:
         for _ in range(repeats):
             start = time.perf_counter()
             work()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
         return flop / statistics.median(times) / 1e9
 
