@@ -53,6 +53,12 @@ class IndexPriors:
         t = self.table(level).astype(np.float64)
         return t / t.sum()
 
+    def entropy_bits(self, level: int) -> float:
+        """Entropy of the level's prior in bits per index: what an index costs on average when
+        the indices follow the prior (at most log2 K)."""
+        p = self.probabilities(level)
+        return float(-(p * np.log2(p)).sum())
+
     def cross_entropy_bits(self, level: int, counts: np.ndarray) -> float:
         """Ideal cost in bits of symbols with these counts under this prior (an estimate)."""
         return float(-(np.asarray(counts) * np.log2(self.probabilities(level))).sum())

@@ -157,8 +157,6 @@ def describe_model(loaded) -> dict:
     """A loaded model (``oscar.pretrained.LoadedModel``) as a JSON-ready dict: what identifies
     it, what it is made of and its rate table. Parameters are counted as loaded (a UNet LoRA
     merged into the UNet's weights; its stored factors are counted apart)."""
-    import numpy as np
-
     from oscar.pretrained import FINGERPRINT_BYTES, embedded_model_dir
 
     model, config = loaded.model, loaded.model.config
@@ -204,8 +202,7 @@ def describe_model(loaded) -> dict:
             "prior_entropy_bits": None,
         }
         if loaded.priors is not None and rate.level in loaded.priors.tables:
-            p = loaded.priors.probabilities(rate.level)
-            entry["prior_entropy_bits"] = float(-(p * np.log2(p)).sum())
+            entry["prior_entropy_bits"] = loaded.priors.entropy_bits(rate.level)
         levels.append(entry)
     directory = Path(loaded.directory)
     return {
