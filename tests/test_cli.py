@@ -80,7 +80,18 @@ def test_info_without_files_describes_the_model(tiny_model_dir, tmp_path, capsys
                  "--model", m]) == 0  # fmt: skip
     capsys.readouterr()
     assert main(["info", str(tmp_path / "a.oscar"), "--model", m, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["fingerprint"] == info["file_fingerprint"]
+    described = json.loads(capsys.readouterr().out)
+    assert described["fingerprint"] == info["file_fingerprint"]
+    level = described["level"]
+
+    # A level the model's rate table lacks: the header is still shown, with a note.
+    fewer = tmp_path / "fewer-levels"
+    shutil.copytree(tiny_model_dir, fewer)
+    meta = json.loads((fewer / "oscar.json").read_text())
+    meta["config"]["levels"] = [lv for lv in meta["config"]["levels"] if lv["level"] != level]
+    (fewer / "oscar.json").write_text(json.dumps(meta))
+    assert main(["info", str(tmp_path / "a.oscar"), "--model", str(fewer)]) == 0
+    assert f"level           {level}  (not in the model's rate table)" in capsys.readouterr().out
 
     assert main(["info", "--model", m]) == 0
     text = capsys.readouterr().out

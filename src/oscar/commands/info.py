@@ -93,6 +93,7 @@ def _print_files(args: argparse.Namespace) -> int:
     limits = Limits(max_pixels=args.max_pixels)
     try:
         config = read_config(resolve_model_dir(args.model), args.base_model)
+        note = "(not in the model's rate table)"
     except OscarError as exc:
         if args.model is not None:
             raise
