@@ -115,6 +115,7 @@ def _environment(device) -> dict[str, str]:
     import torch
 
     from oscar import __version__
+    from oscar.device import device_name
 
     info = {
         "oscar": __version__,
@@ -122,8 +123,9 @@ def _environment(device) -> dict[str, str]:
         "machine": f"{platform.platform()}, {os.cpu_count()} CPU threads",
         "device": str(device),
     }
-    if device.type == "cuda":
-        info["device"] += f" ({torch.cuda.get_device_name(device)})"
+    gpu = device_name(device)
+    if gpu is not None:
+        info["device"] += f" ({gpu})"
     try:
         import imagecodecs
 
@@ -141,6 +143,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from oscar.commands.common import load_codec
     from oscar.commands.models import parse_levels
+    from oscar.device import is_accelerator
     from oscar.evaluation.baselines import get_baselines
     from oscar.evaluation.bdrate import bd_rates
     from oscar.evaluation.metrics import MetricSuite
@@ -169,7 +172,7 @@ def run_eval(args: argparse.Namespace) -> int:
     images = list_images(args.data, args.max_images)
     if not images:
         raise ConfigError("no images found in " + ", ".join(args.data))
-    if shard_device is not None and shard_device.type == "cuda" and args.device == "auto":
+    if shard_device is not None and is_accelerator(shard_device) and args.device == "auto":
         args.device = str(shard_device)
     codec = load_codec(args)
     levels = tuple(parse_levels(args.levels, codec.model.config.level_numbers))

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from oscar.config import ModelConfig
+from oscar.device import device_name
 from oscar.errors import ConfigError
 from oscar.models.oscar import OscarModel
 from oscar.pretrained import load_model, model_on_base, require_fingerprint, save_model
@@ -63,8 +64,9 @@ def _hardware(accelerator) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
-    if accelerator.device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(accelerator.device)
+    gpu = device_name(accelerator.device)
+    if gpu is not None:
+        info["gpu"] = gpu
     return info
 
 
