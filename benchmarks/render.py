@@ -128,7 +128,7 @@ def machines_table(own: dict[str, dict | None], others: dict[str, dict[str, dict
             [
                 name,
                 doc["created"][:10],
-                (doc["git"].get("commit") or "unknown")[:10],
+                _commit(doc["git"]),
                 f"{doc['machine']['cpu']}, {doc['machine']['usable_cpus']} CPUs",
                 f"{speed['matmul']:.0f} / {speed['conv3x3']:.0f}" if speed else "not recorded",
                 f"{median(r['decode']['1']):.3f}",
@@ -159,6 +159,12 @@ def machines_table(own: dict[str, dict | None], others: dict[str, dict[str, dict
         "× 1-step at 1920×1080",
     ]
     return markdown_table(header, rows)
+
+
+def _commit(git: dict) -> str:
+    """A run's commit, marked when the checkout had uncommitted changes."""
+    commit = (git.get("commit") or "unknown")[:10]
+    return f"{commit} (with uncommitted changes)" if git.get("dirty") else commit
 
 
 def _steps_ratio(result: dict | None) -> str:
