@@ -1,6 +1,6 @@
 """Regenerate BENCHMARKS.md: run ``oscar bench`` groups, keep their JSON, rewrite the tables.
 
-    python benchmarks/run.py                 # the full set (about 13 minutes on 2 idle cores)
+    python benchmarks/run.py                 # the full set (13 to 19 minutes on 2 idle cores)
     python benchmarks/run.py --quick         # smoke run into /tmp/oscar-bench-quick/ (~2 min)
     python benchmarks/run.py --render-only   # rewrite BENCHMARKS.md from benchmarks/results/
     python benchmarks/run.py --machine NAME  # 1 vs 20 steps on this machine, as another one
