@@ -84,13 +84,33 @@ def test_errors():
         (good[:10], TruncatedError),
         (good[:-1], TruncatedError),
         (good + b"\0", MalformedError),
-        (good[:3] + b"\x02" + good[4:], UnsupportedVersionError),
+        (good[:3] + b"\x03" + good[4:], UnsupportedVersionError),
         (good[:20] + bytes([good[20] ^ 0x40]) + good[21:], ChecksumError),
         (good[:-1] + bytes([good[-1] ^ 1]), ChecksumError),
     ]
     for data, error in cases:
         with pytest.raises(error):
             bitstream.read(data)
+
+
+def test_version_2_carries_the_side_info_length():
+    """Sixteen channel norms: version 2, a length byte, then the codes; four: version 1."""
+    from dataclasses import replace
+
+    wide = replace(HEADER, side_info=bytes(range(16)))
+    data = bitstream.write(wide, b"payload")
+    assert data[3] == 2 and data[14] == 16 and data[15:31] == bytes(range(16))
+    assert bitstream.read(data).header == wide
+    assert bitstream.payload_offset(data) == 31
+    assert bitstream.write(HEADER, b"p")[3] == 1
+    assert bitstream.payload_offset(bitstream.write(HEADER, b"p")) == 18
+    for count in (0, 65):
+        with pytest.raises(MalformedError, match="side-info length"):
+            bitstream.read(_recrc(data[:14] + bytes([count]) + data[15:]))
+    with pytest.raises(TruncatedError):
+        bitstream.read(data[:20])
+    with pytest.raises(ValueError, match="side info"):
+        bitstream.write(replace(HEADER, side_info=bytes(65)), b"")
 
 
 def _crafted(**fields) -> bytes:

@@ -1,20 +1,25 @@
-"""The OSCAR file format, version 1 (documented byte by byte in docs/format.md).
+"""The OSCAR file format, versions 1 and 2 (documented byte by byte in docs/format.md).
 
 ::
 
     offset size field
     0      3    magic b"OSC"
-    3      1    format version (1)
+    3      1    format version (1 or 2)
     4      1    level
     5      1    low 4 bits: index-coder id (0 fixed, 1 entropy); high 4 bits: flags
                 (bit 4: the source image was greyscale; bits 5-7 reserved, zero)
     6      4    model fingerprint (first 4 bytes of the model's SHA-256)
     10     2    original height, 1..65535, big-endian
     12     2    original width, 1..65535, big-endian
-    14     4    side info: the four latent channel RMS codes (oscar.models.norms)
-    18     1-4  payload length, unsigned LEB128, minimal encoding
+    14     4    version 1: side info, the four latent channel RMS codes (oscar.models.norms)
+    14     1+n  version 2: n (1..64), then the n latent channel RMS codes
+    ..     1-4  payload length, unsigned LEB128, minimal encoding
     ..     n    payload (index-coder output)
     ..     4    CRC-32 (zlib) of every byte before it, big-endian
+
+The two versions differ only in the side info: version 2 carries its length, for models whose
+latent has other than four channels. A writer uses version 1 whenever the side info is four
+bytes, so files of four-channel models (Stable Diffusion 2.1's) are the same in both.
 
 Parsing is strict and checks before it trusts: magic, version, length field, limits, exact total
 length, checksum, then the remaining fields. Every failure is a BitstreamError subclass.
@@ -37,16 +42,19 @@ from oscar.errors import (
 )
 
 MAGIC = b"OSC"
-VERSION = 1
-SIDE_INFO_BYTES = 4
+VERSION = 1  # four side-info bytes, no length
+VERSION_SIZED = 2  # side info preceded by its length
+VERSIONS = (VERSION, VERSION_SIZED)
+SIDE_INFO_BYTES = 4  # version 1
+MAX_SIDE_INFO_BYTES = 64  # version 2: latent channels a file may carry norms for
 FINGERPRINT_BYTES = 4
 CRC_BYTES = 4
 FLAG_GREY = 0x10
 _RESERVED_FLAGS = 0xE0
-_FIXED = struct.Struct(">3sBBB4sHH4s")  # magic .. side info: 18 bytes
+_FIXED = struct.Struct(">3sBBB4sHH")  # magic .. width: 14 bytes
 MAX_SIDE = 65535
 _MAX_VARINT_BYTES = 4  # payloads below 2**28 bytes
-MIN_FILE_BYTES = _FIXED.size + 1 + CRC_BYTES
+MIN_FILE_BYTES = _FIXED.size + SIDE_INFO_BYTES + 1 + CRC_BYTES
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,14 @@ class Limits:
 
     @property
     def max_file_bytes(self) -> int:
-        return _FIXED.size + _MAX_VARINT_BYTES + self.max_payload_bytes + CRC_BYTES
+        return (
+            _FIXED.size
+            + 1
+            + MAX_SIDE_INFO_BYTES
+            + _MAX_VARINT_BYTES
+            + self.max_payload_bytes
+            + CRC_BYTES
+        )
 
 
 @dataclass(frozen=True)
@@ -119,30 +134,56 @@ def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
     raise MalformedError(f"payload length field is longer than {_MAX_VARINT_BYTES} bytes")
 
 
+def _read_side_info(data: bytes, version: int) -> tuple[bytes, int]:
+    """The side-info bytes after the fixed header, and the offset that follows them."""
+    offset, count = _FIXED.size, SIDE_INFO_BYTES
+    if version == VERSION_SIZED:
+        if len(data) <= offset:
+            raise TruncatedError("file ends before the side-info length")
+        count, offset = data[offset], offset + 1
+        if not 1 <= count <= MAX_SIDE_INFO_BYTES:
+            raise MalformedError(f"side-info length {count} is outside 1..{MAX_SIDE_INFO_BYTES}")
+    if len(data) < offset + count:
+        raise TruncatedError("file ends inside the side info")
+    return data[offset : offset + count], offset + count
+
+
+def payload_offset(data: bytes) -> int | None:
+    """Where the payload-length field starts in a file with a valid fixed header, else None
+    (for tools that edit files, such as the fuzzer's mutations)."""
+    try:
+        _magic, version, *_ = _FIXED.unpack_from(data)
+        return _read_side_info(data, version)[1] if version in VERSIONS else None
+    except (struct.error, TruncatedError, MalformedError):
+        return None
+
+
 def write(header: Header, payload: bytes) -> bytes:
     """Serialise a file. Raises ValueError for fields the format cannot hold."""
     if not (1 <= header.height <= MAX_SIDE and 1 <= header.width <= MAX_SIDE):
         raise ValueError(f"image size {header.height}x{header.width} outside 1..{MAX_SIDE}")
     if len(header.fingerprint) != FINGERPRINT_BYTES:
         raise ValueError("fingerprint must be 4 bytes")
-    if len(header.side_info) != SIDE_INFO_BYTES:
-        raise ValueError("side info must be 4 bytes")
+    if not 1 <= len(header.side_info) <= MAX_SIDE_INFO_BYTES:
+        raise ValueError(f"side info must be 1 to {MAX_SIDE_INFO_BYTES} bytes")
     if not (0 <= header.level <= 255 and 0 <= header.coder_id <= 15):
         raise ValueError("level or coder id out of range")
     if len(payload) >= 2 ** (7 * _MAX_VARINT_BYTES):
         raise ValueError("payload too large for format v1")
     flags = FLAG_GREY if header.grey else 0
+    sized = len(header.side_info) != SIDE_INFO_BYTES
+    side = bytes([len(header.side_info)]) + header.side_info if sized else header.side_info
     body = (
         _FIXED.pack(
             MAGIC,
-            VERSION,
+            VERSION_SIZED if sized else VERSION,
             header.level,
             header.coder_id | flags,
             header.fingerprint,
             header.height,
             header.width,
-            header.side_info,
         )
+        + side
         + _varint(len(payload))
         + payload
     )
@@ -159,12 +200,13 @@ def read(data: bytes, limits: Limits | None = None) -> Container:
         raise TruncatedError(
             f"file is {len(data)} bytes, shorter than the {_FIXED.size}-byte header"
         )
-    _magic, version, level, coder_flags, fp, height, width, side = _FIXED.unpack_from(data)
-    if version != VERSION:
+    _magic, version, level, coder_flags, fp, height, width = _FIXED.unpack_from(data)
+    if version not in VERSIONS:
         raise UnsupportedVersionError(
-            f"format version {version} is not supported (this build reads version {VERSION})"
+            f"format version {version} is not supported (this build reads versions 1 and 2)"
         )
-    payload_len, offset = _read_varint(data, _FIXED.size)
+    side, offset = _read_side_info(data, version)
+    payload_len, offset = _read_varint(data, offset)
     if payload_len > limits.max_payload_bytes:
         raise LimitExceededError(
             f"payload of {payload_len} bytes exceeds the limit of {limits.max_payload_bytes}"

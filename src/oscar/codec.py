@@ -409,6 +409,12 @@ class OscarCodec:
             raise MalformedError(
                 f"payload of {len(container.payload)} bytes is longer than {h * w} tokens allow"
             )
+        channels = self.model.vae.config.latent_channels
+        if len(header.side_info) != channels:
+            raise MalformedError(
+                f"side info holds {len(header.side_info)} channel norms, the model's latent has "
+                f"{channels} channels"
+            )
         indices = coder.decode(container.payload, h * w, rate).reshape(h, w)
         codes = np.frombuffer(header.side_info, dtype=np.uint8).copy()
         return EncodedImage(header.level, header.height, header.width, indices, codes, header.grey)

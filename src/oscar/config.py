@@ -212,9 +212,9 @@ class ModelConfig:
                     f"{steps} steps"
                 )
         latent = self.vae.get("latent_channels", 4)
-        if latent != 4:
-            # File format v1 carries exactly four channel norms (docs/format.md).
-            raise ConfigError(f"vae.latent_channels must be 4 for format v1, got {latent}")
+        if isinstance(latent, bool) or not isinstance(latent, int) or not 1 <= latent <= 64:
+            # A file carries one norm per channel, at most 64 (docs/format.md).
+            raise ConfigError(f"vae.latent_channels must be an integer in 1..64, got {latent!r}")
         for key in ("in_channels", "out_channels"):
             if self.unet.get(key, 4) != latent:
                 raise ConfigError(f"unet.{key} must equal vae.latent_channels ({latent})")

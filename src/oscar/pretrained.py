@@ -69,7 +69,7 @@ from oscar.models.lora import (
     merge_adapter,
 )
 from oscar.models.oscar import OscarModel
-from oscar.models.vae_decoder import build_vae
+from oscar.models.vae_decoder import build_vae, vae_class
 from oscar.priors import IndexPriors
 from oscar.safe_build import check_buildable
 
@@ -410,7 +410,9 @@ def read_config(directory: str | Path, base_model: str | Path | None = None) -> 
     }
     if "base" in meta:
         _check_base_configs(directory, base, meta["base"], found)
-    data["vae"] = _public(found["vae"])
+    # The VAE's class is kept: two autoencoder classes exist (oscar.models.vae_decoder.vae_class).
+    vae_class_name = found["vae"].get("_class_name", "AutoencoderKL")
+    data["vae"] = {**_public(found["vae"]), "_class_name": vae_class_name}
     data["unet"] = _public(found["unet"])
     data["scheduler"] = found["scheduler"]
     try:
@@ -469,7 +471,7 @@ def load_model(
     maths, one rounding), unless ``merge_lora=False``: then the UNet is wrapped with peft
     adapters holding the stored factors, for training.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -485,7 +487,7 @@ def load_model(
     vae_builder = None
     if config.vae_decoder is not None:
         vae_builder = partial(build_vae, settings=config.vae_decoder)
-    vae, vae_state, _ = load_part(AutoencoderKL, base / "vae", "VAE", vae_builder)
+    vae, vae_state, _ = load_part(vae_class(config.vae), base / "vae", "VAE", vae_builder)
     unet, unet_state, _ = load_part(UNet2DConditionModel, base / "unet", "UNet")
 
     parts_path = directory / PARTS_FILE

@@ -176,8 +176,25 @@ def _widest(stages: list[tuple[int, int]]) -> int:
     return max(c * p for c, p in stages)
 
 
+def _is_patch_autoencoder(vae: dict[str, Any]) -> bool:
+    return vae.get("_class_name") == "PatchAutoencoder"
+
+
+def _patch_widest(vae: dict[str, Any], part: str) -> int:
+    """Widest activation of a PatchAutoencoder part, in channels per latent position: the
+    192 values of a block, a branch's width at 1/8, or the decoder's pixel branch at 1/2 (16
+    positions per latent position)."""
+    block_values = 3 * VAE_FACTOR * VAE_FACTOR
+    if part == "encoder":
+        return max(block_values, int(vae.get("encoder_width", 64)))
+    pixel = 16 * int(vae.get("decoder_pixel_width", 32)) * (vae.get("decoder_pixel_blocks", 1) > 0)
+    return max(block_values, int(vae.get("decoder_width", 96)), pixel)
+
+
 def encoder_elements(vae: dict[str, Any], th: int, tw: int) -> int:
     """Widest activation of the VAE encoder for a tile of th × tw latent positions."""
+    if _is_patch_autoencoder(vae):
+        return _patch_widest(vae, "encoder") * th * tw
     channels = list(vae.get("block_out_channels", (64,)))
     stages = []
     for i, c in enumerate(channels):
@@ -189,6 +206,8 @@ def encoder_elements(vae: dict[str, Any], th: int, tw: int) -> int:
 
 def decoder_elements(vae: dict[str, Any], th: int, tw: int) -> int:
     """Widest activation of the VAE decoder (its upsamplers run the previous width at 2×)."""
+    if _is_patch_autoencoder(vae):
+        return _patch_widest(vae, "decoder") * th * tw
     channels = list(reversed(vae.get("block_out_channels", (64,))))
     stages = []
     for i, c in enumerate(channels):
@@ -229,6 +248,10 @@ def weight_scratch_elements(stage: str, config) -> int:
     if stage == "unet":
         widest = max(config.unet.get("block_out_channels", (320, 640, 1280, 1280)))
         return 2 * widest * widest * 9  # skip concatenation doubles the input channels
+    if _is_patch_autoencoder(config.vae):
+        vae = config.vae
+        widest = max(vae.get("encoder_width", 64), vae.get("decoder_width", 96))
+        return 3 * VAE_FACTOR * VAE_FACTOR * widest * 9  # the encoder branch's first conv
     widest = max(config.vae.get("block_out_channels", (64,)))
     return widest * widest * 9
 

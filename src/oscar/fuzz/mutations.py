@@ -13,7 +13,9 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 
-_FIXED = 18  # bytes before the payload-length field (oscar.bitstream)
+from oscar.bitstream import payload_offset
+
+_FIXED = 18  # bytes before the payload-length field in a version-1 file (oscar.bitstream)
 _INTERESTING_BYTES = (0x00, 0x01, 0x02, 0x07, 0x0F, 0x10, 0x11, 0x7F, 0x80, 0x81, 0xFE, 0xFF)
 _INTERESTING_SIDES = (0, 1, 2, 7, 8, 63, 64, 65, 127, 128, 255, 256, 4096, 32767, 65535)
 _INTERESTING_LENGTHS = (0, 1, 3, 4, 5, 127, 128, 16383, 16384, 2**21, 2**28 - 1)
@@ -29,11 +31,12 @@ def _varint(value: int) -> bytes:
 
 
 def _split(data: bytes) -> tuple[bytes, bytes] | None:
-    """(18-byte fixed header, payload) of a well-formed file, or None."""
-    if len(data) < _FIXED + 5:
+    """(header up to the payload-length field, payload) of a well-formed file, or None."""
+    start = payload_offset(data)
+    if start is None or len(data) < start + 5:
         return None
-    value, shift, offset = 0, 0, _FIXED
-    while offset < len(data) and offset < _FIXED + 4:
+    value, shift, offset = 0, 0, start
+    while offset < len(data) and offset < start + 4:
         byte = data[offset]
         value |= (byte & 0x7F) << shift
         offset += 1
@@ -41,7 +44,7 @@ def _split(data: bytes) -> tuple[bytes, bytes] | None:
         if not byte & 0x80:
             break
     payload = data[offset : offset + value]
-    return (data[:_FIXED], payload) if offset + value + 4 == len(data) else None
+    return (data[:start], payload) if offset + value + 4 == len(data) else None
 
 
 def with_crc(body_and_crc: bytes) -> bytes:
@@ -146,7 +149,10 @@ class Mutator:
         elif which == "fingerprint":
             fixed[6 + rng.randrange(4)] ^= 1 << rng.randrange(8)
         elif which == "side":
-            fixed[14 + rng.randrange(4)] = rng.choice((0, 1, 128, 254, 255, rng.randrange(256)))
+            # the side info (and, in version 2, its length byte) fills bytes 14 and on
+            fixed[14 + rng.randrange(len(fixed) - 14)] = rng.choice(
+                (0, 1, 4, 16, 64, 65, 128, 254, 255, rng.randrange(256))
+            )
         else:
             offset = rng.choice((10, 12))
             struct.pack_into(">H", fixed, offset, rng.choice(_INTERESTING_SIDES))

@@ -27,6 +27,7 @@ from diffusers.models.autoencoders.vae import Decoder
 from diffusers.models.unets.unet_2d_blocks import get_up_block
 
 from oscar.config import VaeDecoderConfig
+from oscar.errors import ConfigError
 
 
 class PixelShuffleDecoder(Decoder):
@@ -78,16 +79,31 @@ def _up_block(like: torch.nn.Module, depth: int, vae_config: Mapping[str, Any]) 
     )
 
 
-def build_vae(vae_config: Mapping[str, Any], settings: VaeDecoderConfig | None) -> AutoencoderKL:
-    """AutoencoderKL from its config, with the decoder ``settings`` describe (None: its own).
+def vae_class(vae_config: Mapping[str, Any]) -> type:
+    """The autoencoder class a VAE config names (``_class_name``; AutoencoderKL by default)."""
+    from oscar.models.patch_autoencoder import PatchAutoencoder
+
+    name = vae_config.get("_class_name", "AutoencoderKL")
+    classes = {"AutoencoderKL": AutoencoderKL, "PatchAutoencoder": PatchAutoencoder}
+    if name not in classes:
+        raise ConfigError(f"vae._class_name {name!r} is not one of {sorted(classes)}")
+    return classes[name]
+
+
+def build_vae(vae_config: Mapping[str, Any], settings: VaeDecoderConfig | None):
+    """The autoencoder a config names (AutoencoderKL or PatchAutoencoder); an AutoencoderKL
+    gets the decoder ``settings`` describe (None: its own).
 
     With settings, AutoencoderKL is built with no up blocks (its decoder is then only an input
     convolution and a middle block, at the encoder's deepest width, so never larger than the
     encoder) and that placeholder is replaced at once: the full-size default decoder is never
     built, which keeps ``safe_build``'s element budgets meaningful.
     """
+    cls = vae_class(vae_config)
+    if settings is not None and cls is not AutoencoderKL:
+        raise ConfigError("vae_decoder applies to an AutoencoderKL only")
     if settings is None:
-        return AutoencoderKL.from_config(dict(vae_config))
+        return cls.from_config(dict(vae_config))
     vae = AutoencoderKL.from_config({**vae_config, "up_block_types": []})
     vae.decoder = PixelShuffleDecoder(settings, vae_config)
     # vae.config stays the config given (saved to vae/config.json as it came).

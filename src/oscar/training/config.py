@@ -87,6 +87,8 @@ class LossConfig:
     """
 
     l1: float = 1.0
+    mse: float = 0.0  # vae stage: mean squared error on [-1, 1] images
+    lowpass: float = 0.0  # vae stage: L1 between 8x8 block means (guards colour)
     perceptual: float = 1.0
     perceptual_kind: PerceptualKind = "lpips_vgg"
     perceptual_fallback: PerceptualKind = "ms_ssim"
@@ -129,6 +131,8 @@ class StageConfig:
     train_unet: Literal["full", "lora", "frozen"] = "full"
     loss: LossConfig = field(default_factory=LossConfig)
     dead_code_interval: int = 100
+    # vae with a PatchAutoencoder only: start the linear path at the block PCA of training crops
+    pca_init: bool = False
     # decoder only: share of steps that decode the encoder's latents (the rest: codec latents)
     clean_latent_fraction: float = 0.5
     # decoder only: a new decoder architecture (oscar.config.VaeDecoderConfig) trained from the
@@ -172,6 +176,8 @@ class StageConfig:
             raise ConfigError("distill must be true, false or a model directory")
         if self.distill and self.kind != "decoder":
             raise ConfigError(f"stage {self.kind}: distill is for the decoder stage only")
+        if self.pca_init and self.kind != "vae":
+            raise ConfigError(f"stage {self.kind}: pca_init is for the vae stage only")
         if self.latent_shift < 0 or self.latent_log_scale < 0:
             raise ConfigError("latent_shift and latent_log_scale must be >= 0")
         if (self.latent_shift or self.latent_log_scale) and not self.distill:

@@ -1,0 +1,144 @@
+"""The block-PCA autoencoder: starts at the PCA floor, codes files with its own channel count."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CONFIGS, make_image
+from oscar.codec import OscarCodec
+from oscar.config import ModelConfig
+from oscar.errors import MalformedError
+from oscar.io import image_to_tensor
+from oscar.models.oscar import OscarModel
+from oscar.models.patch_autoencoder import PatchAutoencoder, fit_block_pca, psnr_floor
+from oscar.pretrained import LoadedModel, load_model, save_model
+
+TINY_PATCH_VAE = {
+    "_class_name": "PatchAutoencoder",
+    "latent_channels": 6,
+    "encoder_width": 8,
+    "encoder_blocks": 1,
+    "decoder_width": 8,
+    "decoder_blocks": 1,
+    "decoder_pixel_width": 4,
+    "decoder_pixel_blocks": 1,
+}
+
+
+def tiny_patch_config() -> ModelConfig:
+    data = json.loads((CONFIGS / "tiny.json").read_text())
+    data["vae"] = dict(TINY_PATCH_VAE)
+    data["unet"] = {**data["unet"], "in_channels": 6, "out_channels": 6}
+    return ModelConfig.from_dict(data)
+
+
+def images(count: int = 3) -> list[torch.Tensor]:
+    return [image_to_tensor(make_image(64, 96, seed=s)) for s in range(count)]
+
+
+def test_untrained_model_is_the_block_pca_codec():
+    pca = fit_block_pca(images())
+    vae = PatchAutoencoder(**{k: v for k, v in TINY_PATCH_VAE.items() if k[0] != "_"})
+    vae.init_from_pca(pca)
+    x = image_to_tensor(make_image(64, 96, seed=7))
+    with torch.no_grad():
+        y = vae.encode(x).latent_dist.mean
+        x_hat = vae.decode(y).sample
+    torch.testing.assert_close(x_hat, pca.reconstruct(x, 6), atol=1e-4, rtol=0)
+    # latent_scale gives the PCA coefficients of the fitting data unit variance
+    fitted = torch.cat([vae.encode(x).latent_dist.mean for x in images()]).detach()
+    std = fitted.transpose(0, 1).flatten(1).std(dim=1)
+    torch.testing.assert_close(std, torch.ones(6), atol=0.02, rtol=0)
+
+
+def test_block_pca_floor_rises_with_width_and_is_exact_at_full_width():
+    pca = fit_block_pca(images())
+    x = image_to_tensor(make_image(64, 96, seed=9))
+    floors = [psnr_floor(pca, x, c) for c in (1, 4, 16, 64)]
+    assert floors == sorted(floors) and floors[0] < floors[-1] - 3, floors
+    torch.testing.assert_close(pca.reconstruct(x, 192), x, atol=1e-4, rtol=0)
+
+
+def test_model_with_a_wide_latent_codes_version_2_files(tmp_path):
+    torch.manual_seed(0)
+    model = OscarModel(tiny_patch_config()).eval()
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert isinstance(loaded.model.vae, PatchAutoencoder)
+    codec = OscarCodec(loaded, device="cpu")
+    image = make_image(50, 70, seed=3)
+    data = codec.compress(image, level=7)
+    assert data[3] == 2 and data[14] == 6  # version 2, six channel norms
+    again = OscarCodec(LoadedModel.from_model(loaded.model), device="cpu")
+    assert again.decompress(data).shape == image.shape
+    # The file's side info must match the model's latent width, even under a valid checksum.
+    body = data[:14] + bytes([5]) + data[15:20] + data[21:-4]
+    with pytest.raises(MalformedError, match="6 channels"):
+        codec.decompress(body + struct.pack(">I", zlib.crc32(body)))
+
+
+def test_vae_stage_starts_at_the_pca_floor_and_improves_on_it(tmp_path):
+    from oscar.training.config import TrainConfig
+    from oscar.training.loop import LoopContext, make_accelerator
+    from oscar.training.stage0 import VAEStage
+
+    train = tmp_path / "train"
+    train.mkdir()
+    for i in range(4):
+        Image.fromarray(make_image(96, 96, seed=i)).save(train / f"{i}.png")
+    config = TrainConfig.from_dict(
+        {
+            "model": str(CONFIGS / "tiny.json"),
+            "output_dir": str(tmp_path / "run"),
+            "data": {"train": [str(train)], "patch_size": 64, "num_workers": 0},
+            "stages": [
+                {
+                    "kind": "vae",
+                    "steps": 30,
+                    "batch_size": 2,
+                    "lr": 3e-3,
+                    "pca_init": True,
+                    "loss": {"mse": 1.0, "lowpass": 1.0, "perceptual": 0.0, "adversarial": 0.0},
+                }
+            ],
+        }
+    )
+    ctx = LoopContext(
+        config, config.stages[0], tmp_path / "s", make_accelerator(config, tmp_path / "s")
+    )
+    torch.manual_seed(0)
+    stage = VAEStage(ctx, OscarModel(tiny_patch_config()))
+    stage.setup()
+    stage.start_data(0)
+    fixed = stage.micro_batches()
+    stage.micro_batches = lambda: fixed
+    vae = stage.model.vae
+    x = fixed[0]
+    with torch.no_grad():
+        start = float((vae(x) - x).pow(2).mean())
+    losses = [stage.train_step(step)["loss/total"] for step in range(30)]
+    with torch.no_grad():
+        end = float((vae(x) - x).pow(2).mean())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) and end < 0.9 * start, (start, end)
+    # finish() refits one scale per channel: unit-variance latents on fresh crops
+    del stage.micro_batches
+    stage.finish()
+    stage.start_data(10**6, shard=False)
+    y = torch.cat([vae.encode(b).latent_dist.mean for b in stage.micro_batches()]).detach()
+    assert y.shape[1] == 6
+    assert 0.5 < float(y.transpose(0, 1).flatten(1).std(dim=1).mean()) < 2.0
+
+
+def test_pca_init_needs_a_patch_autoencoder():
+    from oscar.errors import ConfigError
+    from oscar.training.config import StageConfig
+
+    with pytest.raises(ConfigError, match="vae stage only"):
+        StageConfig(kind="hyper", steps=1, pca_init=True)
