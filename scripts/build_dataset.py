@@ -1,13 +1,20 @@
-"""Build the training set of the embedded model from Debian wallpaper packages.
+"""Build the training set of the embedded model from Debian packages (second set: photos-v2).
 
-    python scripts/build_dataset.py --out /work/data/wallpapers [--max-side 1536] [--work DIR]
-    python scripts/build_dataset.py --out /work/data/wallpapers --verify
+    python scripts/build_dataset.py --out /work/data/photos-v2 [--max-side 1536] [--work DIR]
+    python scripts/build_dataset.py --out /work/data/photos-v2 --verify
 
-Sources (see ../shared/data.md and docs/dataset.md): the Debian packages `mate-backgrounds`,
-`plasma-workspace-wallpapers`, `ukui-wallpapers` and `gnome-backgrounds`, fetched with
-`apt-get download` and unpacked with `dpkg -x` into the work folder (default
-`~/.cache/oscar-dataset`); nothing is installed. A second run reuses the `.deb` files and the
-unpacked trees found there.
+Sources (see docs/dataset.md): the wallpaper packages `mate-backgrounds`,
+`plasma-workspace-wallpapers`, `ukui-wallpapers` and `gnome-backgrounds` (photographs and
+illustrations, as in the first set), and the photographs of `enlightenment-data`,
+`lomiri-wallpapers-16.04`, `lomiri-wallpapers-20.04`, `gcompris-qt-data`, `opencv-doc`,
+`palapeli-data` and `libjxl-testdata`, fetched with `apt-get download` and unpacked with
+`dpkg -x` into the work folder (default `~/.cache/oscar-dataset`); nothing is installed. A
+second run reuses the `.deb` files and the unpacked trees found there. Images inside container
+files are extracted by the readers below (`read_eet` for Enlightenment's `.edj`, `read_rcc` for
+Qt's `.rcc`) into `WORK/extracted/`; their source path is `CONTAINER!/ENTRY`.
+
+Images that ship inside Python packages (scikit-image, scikit-learn, matplotlib, Debian
+`python3-*`) are kept for independent evaluation and are never a source here.
 
 Selection rules, applied in this order to every file under each package's image folder; every
 rule is deterministic and the reason for each skipped file is written to `OUT/skipped.csv`:
@@ -16,7 +23,12 @@ rule is deterministic and the reason for each skipped file is written to `OUT/sk
    (vector sources, and no SVG renderer is assumed).
 2. Symbolic links are skipped (KDE ships one wallpaper under a dozen size names, all links).
 3. Previews are skipped: files named `screenshot.*` or `thumbnail.*`, or inside `thumbnails/`.
-4. Too small: shorter side below `MIN_SHORT_SIDE` (768 px).
+4. Too small: shorter side below `MIN_SHORT_SIDE` (768 px), or the package's own
+   `min_short_side` (320-512 px for the packages of small photographs).
+4b. Reviewed packages (`reviewed=True`, all but the four wallpaper packages): only works that
+   the `DECISIONS` table (made by looking at contact sheets of every candidate) marks as
+   photographs are kept; every other file gets the table's reason (drawing, painting, digital
+   art, cut-out, test pattern, text, other view or processed copy of a kept photograph).
 5. One version per work. Files are grouped by a work name taken from the path: in a KDE
    wallpaper package (`NAME/contents/images[_dark]/WxH.ext`) the work is NAME; otherwise the path
    without its extension, a trailing resolution tag (`_3840x2160`) and a trailing light/dark tag
@@ -28,7 +40,8 @@ rule is deterministic and the reason for each skipped file is written to `OUT/sk
    cut into 16x16 blocks; a block "has detail" when the standard deviation of what is left after
    fitting a plane to it (so that a linear gradient counts as flat) exceeds `DETAIL_STD` (2 grey
    levels). Images with fewer than `MIN_DETAIL_FRACTION` (15 %) of blocks with detail are skipped:
-   plain colours, simple gradients, and logos on plain backgrounds.
+   plain colours, simple gradients, and logos on plain backgrounds. Not applied to reviewed
+   packages, whose photographs were chosen by eye (misty, dark and underwater ones stay).
 8. Near-duplicates across names: a 16x16 difference hash (256 bits) of the luminance; going
    through the kept images from the largest down, an image whose hash is within
    `DHASH_MAX_DISTANCE` bits of an image already kept is skipped.
@@ -38,24 +51,35 @@ to sRGB, sRGB profiles are dropped; greyscale becomes three equal channels), dow
 Lanczos so that the longest side is at most `--max-side` (never upscaled), and written as JPEG,
 quality 95, 4:4:4, without metadata, to `OUT/train/` or `OUT/heldout/`.
 
-`kind` is `photo` or `illustration` from a table made by looking at the images of the package
-versions named in docs/dataset.md (`KINDS`); a work missing from it is `unknown`.
+`kind` is `photo` or `illustration`: for the wallpaper packages from a table made by looking
+at the images of the package versions named in docs/dataset.md (`KINDS`; a work missing from it
+is `unknown`), for the reviewed packages always `photo`.
 
-Held-out split (whole images, never crops): `HELDOUT_FRACTION` (12 %) of the kept images, rounded.
-Images are grouped by (package, kind); each group gets floor(fraction x size) held-out images and
-the remaining ones go to the groups with the largest remainders (ties by group name). Within a
-group the images whose SHA-256 of "oscar-heldout-v1:PACKAGE/SOURCE_PATH" is smallest are held out.
+Held-out split (whole images, never crops), column `split_rule` of the manifest:
+- reviewed packages: exactly the photographs listed in `HELDOUT_PHOTOS` (22, chosen to cover
+  people, animals, food, saturated reds and blues, indoor, city and night); the build stops if
+  one of them is not kept;
+- wallpaper packages (unchanged from the first set): `HELDOUT_FRACTION` (12 %) of their kept
+  images, rounded. Images are grouped by (package, kind); each group gets floor(fraction x size)
+  held-out images and the remaining ones go to the groups with the largest remainders (ties by
+  group name). Within a group the images whose SHA-256 of "oscar-heldout-v1:PACKAGE/SOURCE_PATH"
+  is smallest are held out.
 
 Licences: from each package's `usr/share/doc/PKG/copyright`. For a machine-readable (DEP-5) file
-the last `Files:` stanza matching the file's path (any trailing part of it) gives the licence and
-copyright holders. For a free-form file an "Image Authors" list (`- pattern:` lines followed by
-`Copyright ...` and `Licensed under ...`) is used where a pattern matches the file name;
-otherwise the package-level licence is recorded and marked as such. Upstream statements shipped
+the last `Files:` stanza matching the file's path gives the licence and copyright holders: for
+packages with a `source_map` the whole upstream path (package prefix replaced by the source-tree
+prefix; for an rcc entry its resource path, for an Eet entry the .edj file; GCompris WebP files
+are also tried under the JPEG/PNG/SVG names they were converted from), otherwise any trailing
+part of the installed path (the first set's rule). For a free-form file an "Image Authors"
+list (`- pattern:` lines followed by `Copyright ...` and `Licensed under ...`) is used where a
+pattern matches the file name; otherwise the package-level licence is recorded and marked as
+such. Upstream statements shipped
 in the package are recorded beside it: a KDE wallpaper's `metadata.json`/`metadata.desktop`
 (author, licence) and the image-authors list of `usr/share/doc/PKG/AUTHORS`.
 
 Outputs: `OUT/train/*.jpg`, `OUT/heldout/*.jpg`, `OUT/manifest.csv` (also written to
-`--manifest`, by default the repository's `datasets/wallpapers.csv`), `OUT/skipped.csv`, and the
+`--manifest`, by default the repository's `datasets/photos-v2.csv`; `datasets/wallpapers.csv`
+is the first set's record and is no longer written), `OUT/skipped.csv`, and the
 packages' copyright files in `OUT/licences/`. `--verify` checks a folder against the manifest
 (every file present with its size and SHA-256, in its split's folder, and no extra images).
 """
@@ -344,6 +368,7 @@ DECISIONS: tuple[tuple[str, str], ...] = (
     ("opencv/data/pca_test1", "near-binary backlit silhouettes (shape-analysis test)"),
     ("opencv/data/Blender_Suzanne*", _PATTERN),
     ("opencv/text/scenetext0?", PHOTO),  # street scenes with signs
+    ("opencv/text/*_mask", _PATTERN),
     ("opencv/text/scenetext_segmented_word*", "close crop of a sign (text detection sample)"),
     ("opencv/alphamat/input_images/plant", PHOTO),
     ("opencv/*", _PATTERN),  # charts, masks, logos, shapes, drawings, maps
@@ -762,7 +787,8 @@ def split_images(items: Sequence[tuple[str, str, bool]]) -> dict[str, tuple[str,
     for key, work, reviewed in items:
         if reviewed:
             held = work in HELDOUT_PHOTOS
-            listed.add(work) if held else None
+            if held:
+                listed.add(work)
             result[key] = ("heldout", SPLIT_RULE_FIXED) if held else ("train", SPLIT_RULE_REST)
     missing = sorted(set(HELDOUT_PHOTOS) - listed)
     if missing:
