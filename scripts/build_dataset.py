@@ -1,13 +1,20 @@
-"""Build the training set of the embedded model from Debian wallpaper packages.
+"""Build the training set of the embedded model from Debian packages (second set: photos-v2).
 
-    python scripts/build_dataset.py --out /work/data/wallpapers [--max-side 1536] [--work DIR]
-    python scripts/build_dataset.py --out /work/data/wallpapers --verify
+    python scripts/build_dataset.py --out /work/data/photos-v2 [--max-side 1536] [--work DIR]
+    python scripts/build_dataset.py --out /work/data/photos-v2 --verify
 
-Sources (see ../shared/data.md and docs/dataset.md): the Debian packages `mate-backgrounds`,
-`plasma-workspace-wallpapers`, `ukui-wallpapers` and `gnome-backgrounds`, fetched with
-`apt-get download` and unpacked with `dpkg -x` into the work folder (default
-`~/.cache/oscar-dataset`); nothing is installed. A second run reuses the `.deb` files and the
-unpacked trees found there.
+Sources (see docs/dataset.md): the wallpaper packages `mate-backgrounds`,
+`plasma-workspace-wallpapers`, `ukui-wallpapers` and `gnome-backgrounds` (photographs and
+illustrations, as in the first set), and the photographs of `enlightenment-data`,
+`lomiri-wallpapers-16.04`, `lomiri-wallpapers-20.04`, `gcompris-qt-data`, `opencv-doc`,
+`palapeli-data` and `libjxl-testdata`, fetched with `apt-get download` and unpacked with
+`dpkg -x` into the work folder (default `~/.cache/oscar-dataset`); nothing is installed. A
+second run reuses the `.deb` files and the unpacked trees found there. Images inside container
+files are extracted by the readers below (`read_eet` for Enlightenment's `.edj`, `read_rcc` for
+Qt's `.rcc`) into `WORK/extracted/`; their source path is `CONTAINER!/ENTRY`.
+
+Images that ship inside Python packages (scikit-image, scikit-learn, matplotlib, Debian
+`python3-*`) are kept for independent evaluation and are never a source here.
 
 Selection rules, applied in this order to every file under each package's image folder; every
 rule is deterministic and the reason for each skipped file is written to `OUT/skipped.csv`:
@@ -16,7 +23,12 @@ rule is deterministic and the reason for each skipped file is written to `OUT/sk
    (vector sources, and no SVG renderer is assumed).
 2. Symbolic links are skipped (KDE ships one wallpaper under a dozen size names, all links).
 3. Previews are skipped: files named `screenshot.*` or `thumbnail.*`, or inside `thumbnails/`.
-4. Too small: shorter side below `MIN_SHORT_SIDE` (768 px).
+4. Too small: shorter side below `MIN_SHORT_SIDE` (768 px), or the package's own
+   `min_short_side` (320-512 px for the packages of small photographs).
+4b. Reviewed packages (`reviewed=True`, all but the four wallpaper packages): only works that
+   the `DECISIONS` table (made by looking at contact sheets of every candidate) marks as
+   photographs are kept; every other file gets the table's reason (drawing, painting, digital
+   art, cut-out, test pattern, text, other view or processed copy of a kept photograph).
 5. One version per work. Files are grouped by a work name taken from the path: in a KDE
    wallpaper package (`NAME/contents/images[_dark]/WxH.ext`) the work is NAME; otherwise the path
    without its extension, a trailing resolution tag (`_3840x2160`) and a trailing light/dark tag
@@ -28,7 +40,8 @@ rule is deterministic and the reason for each skipped file is written to `OUT/sk
    cut into 16x16 blocks; a block "has detail" when the standard deviation of what is left after
    fitting a plane to it (so that a linear gradient counts as flat) exceeds `DETAIL_STD` (2 grey
    levels). Images with fewer than `MIN_DETAIL_FRACTION` (15 %) of blocks with detail are skipped:
-   plain colours, simple gradients, and logos on plain backgrounds.
+   plain colours, simple gradients, and logos on plain backgrounds. Not applied to reviewed
+   packages, whose photographs were chosen by eye (misty, dark and underwater ones stay).
 8. Near-duplicates across names: a 16x16 difference hash (256 bits) of the luminance; going
    through the kept images from the largest down, an image whose hash is within
    `DHASH_MAX_DISTANCE` bits of an image already kept is skipped.
@@ -38,24 +51,35 @@ to sRGB, sRGB profiles are dropped; greyscale becomes three equal channels), dow
 Lanczos so that the longest side is at most `--max-side` (never upscaled), and written as JPEG,
 quality 95, 4:4:4, without metadata, to `OUT/train/` or `OUT/heldout/`.
 
-`kind` is `photo` or `illustration` from a table made by looking at the images of the package
-versions named in docs/dataset.md (`KINDS`); a work missing from it is `unknown`.
+`kind` is `photo` or `illustration`: for the wallpaper packages from a table made by looking
+at the images of the package versions named in docs/dataset.md (`KINDS`; a work missing from it
+is `unknown`), for the reviewed packages always `photo`.
 
-Held-out split (whole images, never crops): `HELDOUT_FRACTION` (12 %) of the kept images, rounded.
-Images are grouped by (package, kind); each group gets floor(fraction x size) held-out images and
-the remaining ones go to the groups with the largest remainders (ties by group name). Within a
-group the images whose SHA-256 of "oscar-heldout-v1:PACKAGE/SOURCE_PATH" is smallest are held out.
+Held-out split (whole images, never crops), column `split_rule` of the manifest:
+- reviewed packages: exactly the photographs listed in `HELDOUT_PHOTOS` (22, chosen to cover
+  people, animals, food, saturated reds and blues, indoor, city and night); the build stops if
+  one of them is not kept;
+- wallpaper packages (unchanged from the first set): `HELDOUT_FRACTION` (12 %) of their kept
+  images, rounded. Images are grouped by (package, kind); each group gets floor(fraction x size)
+  held-out images and the remaining ones go to the groups with the largest remainders (ties by
+  group name). Within a group the images whose SHA-256 of "oscar-heldout-v1:PACKAGE/SOURCE_PATH"
+  is smallest are held out.
 
 Licences: from each package's `usr/share/doc/PKG/copyright`. For a machine-readable (DEP-5) file
-the last `Files:` stanza matching the file's path (any trailing part of it) gives the licence and
-copyright holders. For a free-form file an "Image Authors" list (`- pattern:` lines followed by
-`Copyright ...` and `Licensed under ...`) is used where a pattern matches the file name;
-otherwise the package-level licence is recorded and marked as such. Upstream statements shipped
+the last `Files:` stanza matching the file's path gives the licence and copyright holders: for
+packages with a `source_map` the whole upstream path (package prefix replaced by the source-tree
+prefix; for an rcc entry its resource path, for an Eet entry the .edj file; GCompris WebP files
+are also tried under the JPEG/PNG/SVG names they were converted from), otherwise any trailing
+part of the installed path (the first set's rule). For a free-form file an "Image Authors"
+list (`- pattern:` lines followed by `Copyright ...` and `Licensed under ...`) is used where a
+pattern matches the file name; otherwise the package-level licence is recorded and marked as
+such. Upstream statements shipped
 in the package are recorded beside it: a KDE wallpaper's `metadata.json`/`metadata.desktop`
 (author, licence) and the image-authors list of `usr/share/doc/PKG/AUTHORS`.
 
 Outputs: `OUT/train/*.jpg`, `OUT/heldout/*.jpg`, `OUT/manifest.csv` (also written to
-`--manifest`, by default the repository's `datasets/wallpapers.csv`), `OUT/skipped.csv`, and the
+`--manifest`, by default the repository's `datasets/photos-v2.csv`; `datasets/wallpapers.csv`
+is the first set's record and is no longer written), `OUT/skipped.csv`, and the
 packages' copyright files in `OUT/licences/`. `--verify` checks a folder against the manifest
 (every file present with its size and SHA-256, in its split's folder, and no extra images).
 """
@@ -72,9 +96,11 @@ import math
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -84,7 +110,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MANIFEST = REPO / "datasets" / "wallpapers.csv"
+DEFAULT_MANIFEST = REPO / "datasets" / "photos-v2.csv"
 DEFAULT_WORK = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "oscar-dataset"
 
 
@@ -94,6 +120,15 @@ class PackageSpec:
     short: str  # prefix of the output file names
     image_root: str  # folder inside the package that holds the wallpapers
     fallback_licence: str  # package-level licence, used when no per-file statement matches
+    # Images inside container files: "" (plain image files), "eet" (.edj) or "rcc" (Qt .rcc).
+    container: str = ""
+    # Smallest accepted shorter side (rule 4); None means MIN_SHORT_SIDE.
+    min_short_side: int | None = None
+    # Reviewed packages keep only the works that DECISIONS marks "photo" (rule 4b).
+    reviewed: bool = False
+    # (prefix in the package, prefix in the upstream source tree): when given, licences come
+    # from the DEP-5 stanzas matching the file's upstream path exactly, not any trailing part.
+    source_map: tuple[tuple[str, str], ...] = ()
 
 
 PACKAGES: tuple[PackageSpec, ...] = (
@@ -104,7 +139,72 @@ PACKAGES: tuple[PackageSpec, ...] = (
     PackageSpec(
         "gnome-backgrounds", "gnome", "usr/share/backgrounds/gnome", "GPL-2+; CC-BY-SA-3.0"
     ),
+    # Added for the second training set: photographs only, chosen by eye (DECISIONS).
+    PackageSpec(
+        "enlightenment-data",
+        "e",
+        "usr/share/enlightenment/data/backgrounds",
+        "BSD-2-clause",
+        container="eet",
+        reviewed=True,
+        source_map=(("usr/share/enlightenment/", ""),),
+    ),
+    PackageSpec(
+        "lomiri-wallpapers-16.04",
+        "lomiri",
+        "usr/share/backgrounds",
+        "CC-BY-SA-4.0",
+        reviewed=True,
+        source_map=(("usr/share/backgrounds/", "16.04/"),),
+    ),
+    PackageSpec(
+        "lomiri-wallpapers-20.04",
+        "lomiri20",
+        "usr/share/backgrounds",
+        "CC-BY-SA-3.0",
+        reviewed=True,
+        source_map=(("usr/share/backgrounds/", "20.04/"),),
+    ),
+    PackageSpec(
+        "gcompris-qt-data",
+        "gcompris",
+        "usr/share/gcompris-qt/rcc",
+        "GPL-3+",
+        container="rcc",
+        min_short_side=360,
+        reviewed=True,
+        source_map=(("gcompris/", ""),),
+    ),
+    PackageSpec(
+        "opencv-doc",
+        "opencv",
+        "usr/share/doc/opencv-doc/examples",
+        "Apache-2.0 AND BSD-3-Clause",
+        min_short_side=320,
+        reviewed=True,
+        source_map=(("usr/share/doc/opencv-doc/examples/", "samples/"),),
+    ),
+    PackageSpec(
+        "palapeli-data",
+        "palapeli",
+        "usr/share/palapeli/collection",
+        "GPL-2+",
+        min_short_side=512,
+        reviewed=True,
+        source_map=(("usr/share/palapeli/", ""),),
+    ),
+    PackageSpec(
+        "libjxl-testdata",
+        "jxl",
+        "usr/share/libjxl-testdata",
+        "BSD-3-clause-Google",
+        min_short_side=400,
+        reviewed=True,
+        source_map=(("usr/share/libjxl-testdata/", ""),),
+    ),
 )
+SPECS = {spec.name: spec for spec in PACKAGES}
+V1_PACKAGES = frozenset(spec.name for spec in PACKAGES[:4])
 
 RASTER_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 VECTOR_SUFFIXES = frozenset({".svg", ".svgz"})
@@ -149,17 +249,299 @@ KINDS: dict[str, str] = {
     **{key: "illustration" for key in _ILLUSTRATIONS.split()},
 }
 
+PHOTO = "photo"
+_ART = "not a photograph: digital art"
+_PAINTING = "not a photograph: painting"
+_CUTOUT = "not a photograph: cut-out or composite on a plain or transparent background"
+_DRAWING = "not a photograph: drawing"
+_PATTERN = "not a photograph: test pattern, synthetic or rendered image"
+_TEXT = "not a photograph of a scene: text or document"
+_VARIANT = "processed or alternative copy of another kept photograph"
+# Rule 4b, for the packages marked `reviewed`: decided by looking at every candidate of the
+# package versions named in docs/dataset.md (contact sheets of all images that pass rules 1-4).
+# Keys are "short/work"; the first matching fnmatch pattern wins; a work matching no pattern is
+# skipped as "not reviewed". PHOTO keeps the work (kind "photo"); anything else is the reason
+# written to skipped.csv.
+DECISIONS: tuple[tuple[str, str], ...] = (
+    # enlightenment-data: 3840x2160 JPEGs inside the .edj files
+    *(
+        (f"e/{name}", PHOTO)
+        for name in (
+            "Bamboo",
+            "Foggy-Trees",
+            "God-Rays",
+            "Green-Maple",
+            "Lichen-Branches",
+            "Mountain",
+            "Peaks",
+            "Red-Maple",
+            "Sea-of-Lanterns",
+            "Snow-Trees",
+            "Spruce-Needles",
+            "Sunset-Clouds",
+            "White-Flower",
+            "Yellow-Flower",
+        )
+    ),
+    ("e/Paper-Flower", "not a photograph: engraving-like greyscale artwork"),
+    ("e/Dunes", _ART),
+    ("e/Flat-Fan", _ART),
+    ("e/Sunset-Hills", _ART),
+    ("e/Squiggle*", _ART),
+    ("e/Flat-Stone-Pattern", "not a photograph: small repeating texture tile"),
+    # lomiri-wallpapers-16.04 and -20.04
+    ("lomiri/umang_by_Abhishek_Mudgal", _ART),
+    ("lomiri/*", PHOTO),
+    ("lomiri20/Kleiber_by_Lukas_Baubkus", PHOTO),
+    ("lomiri20/*", _ART),  # Fossa, Infinite-Sea (renders), Painting-Colors
+    # gcompris-qt-data: images inside the activities' .rcc files
+    ("gcompris/erase/resource/*", PHOTO),  # 33 animals, 1920x1080
+    ("gcompris/clickgame/resource/sea*", PHOTO),  # underwater
+    ("gcompris/explore_farm_animals/resource/animals/*", PHOTO),
+    ("gcompris/explore_world_animals/resource/animals/*", PHOTO),
+    ("gcompris/explore_monuments/resource/*", PHOTO),
+    ("gcompris/explore_world_music/resource/music/*", PHOTO),  # musicians, instruments
+    *(
+        (f"gcompris/details/resource/image/{name}_background", _PAINTING)
+        for name in (
+            "PortraitOfPereTanguy",
+            "Van_Gogh_The_Night_Cafe",
+            "Eglise_dAuvers-sur-Oise",
+            "VincentVanGoghBridge",
+            "VincentVanGogh00*",
+            "Gogh4",
+        )
+    ),
+    (
+        "gcompris/details/resource/image/TajMahal_background",
+        "same photograph as explore_monuments/resource/wonders/tajMahal (cropped)",
+    ),
+    (
+        "gcompris/details/resource/image/Neuschwanstein_background",
+        "same photograph as explore_monuments/resource/germany/neuschwansteinCastle (cropped)",
+    ),
+    ("gcompris/details/resource/image/*_background", PHOTO),  # monuments
+    ("gcompris/details/*", "puzzle piece cut from a picture"),
+    ("gcompris/babyshapes/*", _CUTOUT),
+    ("gcompris/categorization/*", _CUTOUT),
+    ("gcompris/gravity/*", _CUTOUT),  # planets
+    ("gcompris/solar_system/*", _CUTOUT),  # planets
+    ("gcompris/lang/*", _DRAWING),
+    ("gcompris/*", "not a photograph: activity graphics"),
+    # opencv-doc: examples and their data
+    *(
+        (f"opencv/data/{name}", PHOTO)
+        for name in (
+            "aero1",
+            "aero3",
+            "aloeL",
+            "apple",
+            "baboon",
+            "board",
+            "building",
+            "butterfly",
+            "chicky_512",
+            "ela_original",
+            "fruits",
+            "graf1",
+            "home",
+            "left",
+            "leuvenA",
+            "messi5",
+            "orange",
+            "rubberwhale1",
+            "smarties",
+            "squirrel_cls",
+            "stuff",
+        )
+    ),
+    ("opencv/data/aloeR", "other view of the stereo pair data/aloeL"),
+    ("opencv/data/right", "other view of the stereo pair data/left"),
+    ("opencv/data/leuvenB", "other view of data/leuvenA"),
+    ("opencv/data/graf3", "other view of data/graf1"),
+    ("opencv/data/rubberwhale2", "other frame of data/rubberwhale1"),
+    ("opencv/data/ela_modified", _VARIANT),
+    ("opencv/data/licenseplate_motion", "synthetic motion blur"),
+    ("opencv/data/text_*", _TEXT),
+    ("opencv/data/sudoku", _TEXT),
+    ("opencv/data/starry_night", _PAINTING),
+    ("opencv/data/pca_test1", "near-binary backlit silhouettes (shape-analysis test)"),
+    ("opencv/data/Blender_Suzanne*", _PATTERN),
+    ("opencv/text/scenetext0?", PHOTO),  # street scenes with signs
+    ("opencv/text/*_mask", _PATTERN),
+    ("opencv/text/scenetext_segmented_word*", "close crop of a sign (text detection sample)"),
+    ("opencv/alphamat/input_images/plant", PHOTO),
+    ("opencv/*", _PATTERN),  # charts, masks, logos, shapes, drawings, maps
+    # palapeli-data: the five puzzle photographs (512x512 backgrounds are textures)
+    ("palapeli/*", PHOTO),
+    # libjxl-testdata
+    ("jxl/jxl/flower/flower", PHOTO),
+    ("jxl/jxl/hdr_room", PHOTO),
+    ("jxl/external/wesaturate/500px/*_srgb8", PHOTO),
+    ("jxl/external/wesaturate/500px/*", _VARIANT),  # alpha and greyscale versions
+    ("jxl/jxl/flower/*", _VARIANT),  # re-encodings of flower.png
+    ("jxl/*", _PATTERN),
+)
+
+
+def decision(short: str, work: str) -> str:
+    """Rule 4b: PHOTO, or why a work of a reviewed package is skipped."""
+    key = f"{short}/{work}"
+    for pattern, verdict in DECISIONS:
+        if fnmatch.fnmatchcase(key, pattern):
+            return verdict
+    return "not reviewed"
+
+
+# Held-out photographs of the reviewed packages, chosen so that every category named after the
+# key has examples; "short/work" keys as in DECISIONS. The wallpaper packages keep their
+# hash-based held-out split (HELDOUT_FRACTION, per package and kind), as in the first set.
+HELDOUT_PHOTOS: dict[str, str] = {
+    "lomiri/Picture_0B_by_freespace": "food, saturated red (fig in a red bowl)",
+    "lomiri/Wine_by_Jakkub_Mede": "indoor (room with a bottle of wine)",
+    "lomiri/friends_by_Aitzol_Berasategi": "animals (two dogs at a door)",
+    "palapeli/citrus-fruits": "food (citrus slices, backlit)",
+    "palapeli/cincinnati-bridge": "city, night (lit bridge over a river)",
+    "opencv/data/fruits": "food (fruit close-up)",
+    "opencv/data/messi5": "people (footballer, stadium crowd)",
+    "opencv/text/scenetext06": "city (street with shop front)",
+    "jxl/jxl/hdr_room": "indoor (furnished room, windows)",
+    "gcompris/explore_world_music/resource/music/mexico": "people (musicians, faces)",
+    "gcompris/explore_world_music/resource/music/japan": "people, night (festival)",
+    "gcompris/explore_world_music/resource/music/orchestra": "people, indoor (concert hall)",
+    "gcompris/explore_farm_animals/resource/animals/cat": "animals, saturated red (kitten)",
+    "gcompris/explore_world_animals/resource/animals/scarlet_macaw": "animals, red and blue",
+    "gcompris/erase/resource/kingfisher": "animals, saturated blue and orange",
+    "gcompris/erase/resource/red_panda": "animals (red panda, foliage)",
+    "gcompris/erase/resource/swans": "animals, dark water",
+    "gcompris/clickgame/resource/sea5": "saturated blue (underwater cave)",
+    "gcompris/details/resource/image/OperaSidney_background": "city, night (harbour)",
+    "gcompris/explore_monuments/resource/germany/brandenburgGate": "city, dusk, people",
+    "e/Red-Maple": "saturated red (maple leaves)",
+    "e/Snow-Trees": "blue shadows on snow",
+}
+
 # fmt: off
 MANIFEST_FIELDS = (
     "file", "split", "source_package", "package_version", "source_path", "kind", "licence",
     "licence_source", "copyright", "upstream_licence", "upstream_author", "width", "height",
-    "original_width", "original_height", "detail", "sha256",
+    "original_width", "original_height", "detail", "sha256", "split_rule",
 )
 # fmt: on
 
 
 class DatasetError(Exception):
     """A problem the user can fix (missing tool, missing package, bad folder)."""
+
+
+# --------------------------------------------------------------------------- containers
+
+# Eet (Enlightenment's archive format, the .edj files), version-2 layout; all integers are
+# 32-bit big-endian:
+#   header:     magic 0x1ee70f42, number of directory entries N, number of dictionary entries
+#   directory:  N entries of 6 integers: data offset, stored size, unpacked size, name offset,
+#               name size (with its NUL), flags
+#   dictionary: 5 integers per entry (hash, offset, size, prev, next): not needed here
+# flags: bit 0 compressed, bit 1 ciphered, bit 2 alias, bits 3-6 compression method (0-9 zlib,
+# 10-11 LZ4). Edje stores each image as entry "edje/images/N": a lossy image is a plain JPEG
+# stream, or (with alpha) a 12-byte header (0xbeeff00d, colour JPEG size, alpha JPEG size) and
+# the colour JPEG; a lossless one starts 0xac1dfeed (raw ARGB words), which is not read here.
+EET_MAGIC = 0x1EE70F42
+EET_COMPRESSED, EET_CIPHERED, EET_ALIAS = 0x1, 0x2, 0x4
+EET_LOSSY_ALPHA = 0xBEEFF00D
+JPEG_SOI = b"\xff\xd8\xff"
+
+
+def read_eet(data: bytes) -> dict[str, bytes]:
+    """Entries of an Eet file: name -> bytes (ciphered, alias and LZ4 entries are left out)."""
+    if len(data) < 12 or struct.unpack_from(">I", data)[0] != EET_MAGIC:
+        raise DatasetError("not an Eet file (magic 0x1ee70f42 expected)")
+    count = struct.unpack_from(">I", data, 4)[0]
+    if 12 + 24 * count > len(data):
+        raise DatasetError("Eet directory runs past the end of the file")
+    entries = {}
+    for i in range(count):
+        offset, size, _, name_at, name_size, flags = struct.unpack_from(">6I", data, 12 + 24 * i)
+        if offset + size > len(data) or name_at + name_size > len(data):
+            raise DatasetError(f"Eet entry {i} runs past the end of the file")
+        name = data[name_at : name_at + name_size].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if flags & (EET_CIPHERED | EET_ALIAS):
+            continue
+        payload = data[offset : offset + size]
+        if flags & EET_COMPRESSED:
+            if (flags >> 3) & 0xF >= 10:  # LZ4: only Edje's own data uses it, never images
+                continue
+            payload = zlib.decompress(payload)
+        entries[name] = payload
+    return entries
+
+
+def eet_image_jpeg(payload: bytes) -> bytes | None:
+    """The colour JPEG of an Edje image entry, or None for a lossless (raw ARGB) image."""
+    if payload.startswith(JPEG_SOI):
+        return payload
+    if len(payload) >= 12:
+        for order in (">", "<"):
+            magic, colour, _ = struct.unpack_from(order + "3I", payload)
+            if magic == EET_LOSSY_ALPHA and payload[12:15] == JPEG_SOI:
+                return payload[12 : 12 + colour]
+    return None
+
+
+# Qt resource files (.rcc, as written by Qt's rcc tool); integers are big-endian:
+#   header: "qres", format version (1-3), tree offset, data offset, names offset
+#           (version 3 adds a 4-byte flags word)
+#   tree:   nodes of 14 bytes (version 1) or 22 bytes (2-3: plus 8 bytes modification time):
+#           name offset (4), flags (2), then for a directory: child count (4), index of the
+#           first child (4); for a file: country (2), language (2), data offset (4).
+#           Node 0 is the root directory. flags: 1 zlib-compressed, 2 directory, 4 zstd.
+#   names:  length in UTF-16 units (2), hash (4), UTF-16BE name
+#   data:   size (4), then the bytes; a zlib-compressed entry starts with its unpacked size (4).
+RCC_MAGIC = b"qres"
+RCC_ZLIB, RCC_DIRECTORY, RCC_ZSTD = 0x1, 0x2, 0x4
+
+
+def read_rcc(data: bytes) -> dict[str, bytes]:
+    """Files of a Qt resource file: path (no leading slash) -> bytes (zstd entries left out)."""
+    if len(data) < 20 or data[:4] != RCC_MAGIC:
+        raise DatasetError("not a Qt resource file (magic 'qres' expected)")
+    version, tree, base, names = struct.unpack_from(">4I", data, 4)
+    if version not in (1, 2, 3):
+        raise DatasetError(f"Qt resource format version {version} is not supported")
+    node_size = 14 if version == 1 else 22
+    files: dict[str, bytes] = {}
+
+    def name_of(offset: int) -> str:
+        (length,) = struct.unpack_from(">H", data, names + offset)
+        start = names + offset + 6
+        return data[start : start + 2 * length].decode("utf-16-be")
+
+    pending = [(0, "")]  # (node index, path)
+    seen = set()
+    while pending:
+        index, path = pending.pop()
+        if index in seen:
+            raise DatasetError("Qt resource tree has a cycle")
+        seen.add(index)
+        at = tree + index * node_size
+        if at + node_size > len(data):
+            raise DatasetError("Qt resource tree runs past the end of the file")
+        name_offset, flags = struct.unpack_from(">IH", data, at)
+        if index:
+            path = f"{path}/{name_of(name_offset)}" if path else name_of(name_offset)
+        if flags & RCC_DIRECTORY:
+            count, first = struct.unpack_from(">II", data, at + 6)
+            pending.extend((child, path) for child in range(first + count - 1, first - 1, -1))
+            continue
+        (offset,) = struct.unpack_from(">I", data, at + 10)
+        (size,) = struct.unpack_from(">I", data, base + offset)
+        payload = data[base + offset + 4 : base + offset + 4 + size]
+        if flags & RCC_ZSTD:
+            continue
+        if flags & RCC_ZLIB:
+            payload = zlib.decompress(payload[4:])
+        files[path] = payload
+    return dict(sorted(files.items()))
 
 
 # --------------------------------------------------------------------------- selection rules
@@ -310,8 +692,13 @@ def select(
     result = Selection()
     groups: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
     for c in candidates:
-        if min(c.width, c.height) < MIN_SHORT_SIDE:
+        spec = SPECS.get(c.package)
+        min_side = spec.min_short_side if spec and spec.min_short_side else MIN_SHORT_SIDE
+        verdict = decision(c.short, c.work) if spec and spec.reviewed else PHOTO
+        if min(c.width, c.height) < min_side:
             result.skipped.append((c.package, c.source_path, f"too small ({c.width}x{c.height})"))
+        elif verdict != PHOTO:
+            result.skipped.append((c.package, c.source_path, verdict))
         else:
             groups[(c.package, c.work)].append(c)
     representatives = []
@@ -329,7 +716,9 @@ def select(
             reason = f"transparent ({transparent:.0%} of pixels)"
         else:
             detail = detail_fraction(rgb)
-            reason = f"too flat (detail {detail:.3f})" if detail < MIN_DETAIL_FRACTION else ""
+            # Photographs of the reviewed packages were chosen by eye: misty or dark ones stay.
+            flat = detail < MIN_DETAIL_FRACTION and not getattr(SPECS.get(c.package), "reviewed", 0)
+            reason = f"too flat (detail {detail:.3f})" if flat else ""
         if not reason:
             h = dhash(rgb)
             twin = next((s for s in result.kept if hamming(s.hash, h) <= DHASH_MAX_DISTANCE), None)
@@ -341,7 +730,8 @@ def select(
             log(f"  [{i}/{len(representatives)}] skip {c.short}/{c.rel_path}: {reason}")
             continue
         small = downscale(rgb, max_side)
-        kind = KINDS.get(f"{c.short}/{c.work}", "unknown")
+        reviewed = c.package in SPECS and SPECS[c.package].reviewed
+        kind = PHOTO if reviewed else KINDS.get(f"{c.short}/{c.work}", "unknown")
         result.kept.append(Selected(c, small, detail, h, kind=kind))
         log(
             f"  [{i}/{len(representatives)}] keep {c.short}/{c.rel_path} {c.width}x{c.height}"
@@ -377,6 +767,33 @@ def assign_splits(
         for i, key in enumerate(ordered):
             split[key] = "heldout" if i < counts[s] else "train"
     return split
+
+
+SPLIT_RULE_HASH = f"hash ({HELDOUT_FRACTION:g} per package and kind)"
+SPLIT_RULE_FIXED = "fixed held-out list"
+SPLIT_RULE_REST = "not in the fixed held-out list"
+
+
+def split_images(items: Sequence[tuple[str, str, bool]]) -> dict[str, tuple[str, str]]:
+    """Split of every kept image: key -> (split, rule).
+
+    items: (key, stratum, reviewed) with key "PACKAGE/SOURCE_PATH" and stratum "PACKAGE/KIND"
+    for the wallpaper packages (hash rule, as in the first set) or "SHORT/WORK" for the reviewed
+    packages (held out exactly when listed in HELDOUT_PHOTOS). Every listed work must be kept.
+    """
+    hashed = assign_splits([(key, stratum) for key, stratum, reviewed in items if not reviewed])
+    result = {key: (split, SPLIT_RULE_HASH) for key, split in hashed.items()}
+    listed = set()
+    for key, work, reviewed in items:
+        if reviewed:
+            held = work in HELDOUT_PHOTOS
+            if held:
+                listed.add(work)
+            result[key] = ("heldout", SPLIT_RULE_FIXED) if held else ("train", SPLIT_RULE_REST)
+    missing = sorted(set(HELDOUT_PHOTOS) - listed)
+    if missing:
+        raise DatasetError(f"held-out photographs not among the kept images: {missing}")
+    return result
 
 
 # --------------------------------------------------------------------------- licences
@@ -488,9 +905,52 @@ class Licence:
     upstream_author: str = ""
 
 
-def debian_licence(copyright_text: str, source_path: str, fallback: str) -> Licence:
+ALTERNATIVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".svg")
+
+
+def match_upstream(statements: Sequence[Statement], path: str) -> tuple[Statement | None, str]:
+    """Last stanza whose pattern matches the whole upstream path (DEP-5 semantics).
+
+    Packages that convert images at build time (GCompris ships WebP made from JPEG/PNG/SVG
+    sources) are matched under the source suffixes too; the first name whose stanza is more
+    specific than `Files: *` wins. Returns the stanza and the name it matched."""
+    stem = path.rsplit(".", 1)[0] if "." in path.rsplit("/", 1)[-1] else path
+    names = [path] + [stem + s for s in ALTERNATIVE_SUFFIXES if stem + s != path]
+    first = None
+    for name in names:
+        found = None
+        for statement in statements:
+            if any(fnmatch.fnmatchcase(name, p) for p in statement.patterns):
+                found = statement
+        if found is not None and found.patterns != ("*",):
+            return found, name
+        first = first or (found, name)
+    return first or (None, path)
+
+
+def upstream_path(spec: PackageSpec, source_path: str) -> str:
+    """The file's path in the upstream source tree, through the package's source_map; for an
+    image inside a container, the container (Eet) or the entry's resource path (rcc)."""
+    path = source_path
+    if "!/" in path:
+        container, inner = path.split("!/", 1)
+        path = inner if spec.container == "rcc" else container
+    for prefix, replacement in spec.source_map:
+        if path.startswith(prefix):
+            return replacement + path[len(prefix) :]
+    return path
+
+
+def debian_licence(
+    copyright_text: str, source_path: str, fallback: str, upstream: str | None = None
+) -> Licence:
     statements = parse_dep5(copyright_text)
-    if statements:
+    if statements and upstream is not None:
+        found, name = match_upstream(statements, upstream)
+        if found is not None:
+            where = found.where + ("" if name == upstream else f" (as {name})")
+            return Licence(found.licence, where, found.copyright)
+    elif statements:
         found = match_dep5(statements, source_path)
     else:
         found = match_name(parse_image_authors(copyright_text, "debian/copyright"), source_path)
@@ -517,7 +977,8 @@ def kde_metadata(folder: Path) -> tuple[str, str]:
 def package_licence(root: Path, spec: PackageSpec, source_path: str) -> Licence:
     doc = root / "usr/share/doc" / spec.name
     text = (doc / "copyright").read_text("utf-8", errors="replace")
-    licence = debian_licence(text, source_path, spec.fallback_licence)
+    upstream = upstream_path(spec, source_path) if spec.source_map else None
+    licence = debian_licence(text, source_path, spec.fallback_licence, upstream)
     rel = source_path.removeprefix(spec.image_root + "/")
     if "/contents/" in rel:
         upstream, author = kde_metadata(root / spec.image_root / rel.split("/contents/", 1)[0])
@@ -638,24 +1099,89 @@ def unpack(deb: Path, dest: Path) -> tuple[Path, str]:
     return root, version
 
 
-def scan(spec: PackageSpec, root: Path, version: str, skipped: list) -> list[Candidate]:
-    """Rules 1-3 over every file below the package's image root."""
+def _extract(dest: Path, data: bytes) -> Path:
+    """Write data to dest once (the extracted copy of a container entry) and return dest."""
+    if not dest.is_file() or dest.stat().st_size != len(data):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(dest)
+    return dest
+
+
+def container_files(
+    spec: PackageSpec, base: Path, extracted: Path, skipped: list
+) -> list[tuple[Path, str, str, bool]]:
+    """(file on disk, path below the image root, source path, is_symlink) of the images held in
+    the package's container files, extracted into `extracted`. Eet: the largest image entry of
+    each .edj (the others are smaller copies of it); rcc: every file entry."""
+    suffix = {"eet": ".edj", "rcc": ".rcc"}[spec.container]
+    found = []
+    for path in sorted(base.rglob("*" + suffix)):
+        rel = path.relative_to(base).as_posix()
+        data = path.read_bytes()
+        if spec.container == "eet":
+            images = {n: d for n, d in read_eet(data).items() if n.startswith("edje/images/")}
+            if not images:
+                skipped.append((spec.name, f"{spec.image_root}/{rel}", "no image entry"))
+                continue
+            ranked = sorted(images, key=lambda n: (-len(images[n]), n))
+            for name in ranked[1:]:
+                reason = f"smaller copy of {ranked[0]} in the same file"
+                skipped.append((spec.name, f"{spec.image_root}/{rel}!/{name}", reason))
+            source_path = f"{spec.image_root}/{rel}!/{ranked[0]}"
+            jpeg = eet_image_jpeg(images[ranked[0]])
+            if jpeg is None:
+                work = rel.rsplit(".", 1)[0]
+                verdict = decision(spec.short, work)
+                reason = verdict if verdict != PHOTO else "lossless image entry (not read)"
+                skipped.append((spec.name, source_path, reason))
+                continue
+            disk = _extract(extracted / rel / (ranked[0].replace("/", "_") + ".jpg"), jpeg)
+            found.append((disk, rel, source_path, False))
+        else:
+            for name, payload in read_rcc(data).items():
+                inner = name.removeprefix("gcompris/src/activities/")
+                source_path = f"{spec.image_root}/{rel}!/{name}"
+                if skip_reason_by_name(inner, False) is not None:
+                    found.append((extracted / rel / name, inner, source_path, False))
+                    continue
+                found.append((_extract(extracted / rel / name, payload), inner, source_path, False))
+    return found
+
+
+def scan(
+    spec: PackageSpec, root: Path, version: str, skipped: list, extracted: Path | None = None
+) -> list[Candidate]:
+    """Rules 1-3 over every file below the package's image root (or inside its containers)."""
     base = root / spec.image_root
     if not base.is_dir():
         raise DatasetError(f"{spec.name}: no {spec.image_root} in the package")
+    if spec.container:
+        extracted = extracted or root.parent.parent / "extracted" / root.name
+        files = container_files(spec, base, extracted, skipped)
+    else:
+        files = [
+            (p, p.relative_to(base).as_posix(), "", p.is_symlink())
+            for p in sorted(p for p in base.rglob("*") if p.is_file() or p.is_symlink())
+        ]
     candidates = []
-    for path in sorted(p for p in base.rglob("*") if p.is_file() or p.is_symlink()):
-        rel = path.relative_to(base).as_posix()
-        source_path = f"{spec.image_root}/{rel}"
-        reason = skip_reason_by_name(rel, path.is_symlink())
+    for path, rel, source_path, is_symlink in files:
+        source_path = source_path or f"{spec.image_root}/{rel}"
+        # An Eet entry has no file name of its own: the rules see the extracted JPEG's name.
+        reason = skip_reason_by_name(path.name if spec.container == "eet" else rel, is_symlink)
         if reason:
             skipped.append((spec.name, source_path, reason))
         if reason is not None:
             continue
-        with Image.open(path) as image:
-            width, height = image.size
-            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: a quarter turn
-                width, height = height, width
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF: a quarter turn
+                    width, height = height, width
+        except (OSError, SyntaxError, ValueError) as error:
+            skipped.append((spec.name, source_path, f"unreadable ({error})"))
+            continue
         candidates.append(
             Candidate(spec.name, spec.short, version, path, source_path, rel, width, height)
         )
@@ -684,14 +1210,21 @@ def build(out: Path, work: Path, max_side: int, manifest: Path | None) -> list[d
     print(f"selecting from {len(candidates)} candidates", flush=True)
     selection = select(candidates, max_side, log=lambda m: print(m, flush=True))
     kept = selection.kept
-    splits = assign_splits([(s.candidate.key, f"{s.candidate.package}/{s.kind}") for s in kept])
+    splits = split_images(
+        [
+            (s.candidate.key, f"{s.candidate.package}/{s.kind}", False)
+            if not SPECS[s.candidate.package].reviewed
+            else (s.candidate.key, f"{s.candidate.short}/{s.candidate.work}", True)
+            for s in kept
+        ]
+    )
     rows = []
     for split in ("train", "heldout"):
         (out / split).mkdir(parents=True, exist_ok=True)
     names = set()
     for s in kept:
         c = s.candidate
-        s.split = splits[c.key]
+        s.split, rule = splits[c.key]
         name = output_name(c.short, c.work)
         if name in names:
             raise DatasetError(f"two kept images would both be written as {name}")
@@ -722,6 +1255,7 @@ def build(out: Path, work: Path, max_side: int, manifest: Path | None) -> list[d
                 "original_height": str(c.height),
                 "detail": f"{s.detail:.3f}",
                 "sha256": hashlib.sha256(data).hexdigest(),
+                "split_rule": rule,
             }
         )
     written = {row["file"] for row in rows}

@@ -6,8 +6,11 @@ No network and no Debian tools: only the pure functions are exercised here.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +219,216 @@ def test_clear_error_without_apt(bd, tmp_path, monkeypatch):
     monkeypatch.setattr(bd.shutil, "which", lambda name: None)
     with pytest.raises(bd.DatasetError, match="apt-get not found"):
         bd.fetch(bd.PACKAGES[0], tmp_path)
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def jpeg_bytes(seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    textured(24, 32, seed=seed).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def eet_file(entries: list[tuple[str, bytes, int]]) -> bytes:
+    """An Eet (version 2) file built byte by byte: header, directory, names, then data."""
+    header_size = 12 + 24 * len(entries)
+    names = b"".join(name.encode() + b"\0" for name, _, _ in entries)
+    directory, blobs = b"", b""
+    name_at, data_at = header_size, header_size + len(names)
+    for name, payload, flags in entries:
+        stored = zlib.compress(payload) if flags & 1 else payload
+        directory += struct.pack(
+            ">6I", data_at + len(blobs), len(stored), len(payload), name_at, len(name) + 1, flags
+        )
+        name_at += len(name) + 1
+        blobs += stored
+    return struct.pack(">3I", 0x1EE70F42, len(entries), 0) + directory + names + blobs
+
+
+def test_eet_reader(bd):
+    big, small = jpeg_bytes(1), jpeg_bytes(2)
+    alpha = struct.pack("<3I", 0xBEEFF00D, len(small), 3) + small + b"abc"
+    data = eet_file(
+        [
+            ("edje/images/0", big, 0),
+            ("edje/file", b"settings" * 10, 1),  # zlib-compressed
+            ("edje/images/1", alpha, 0),
+            ("edje/images/2", b"\xac\x1d\xfe\xed" + bytes(40), 0),  # lossless ARGB
+            ("secret", b"x", 2),  # ciphered: left out
+            ("edje/sources", b"lz4 bytes", 1 | (10 << 3)),  # LZ4: left out
+        ]
+    )
+    entries = bd.read_eet(data)
+    assert sorted(entries) == ["edje/file", "edje/images/0", "edje/images/1", "edje/images/2"]
+    assert entries["edje/file"] == b"settings" * 10
+    assert bd.eet_image_jpeg(entries["edje/images/0"]) == big
+    assert bd.eet_image_jpeg(entries["edje/images/1"]) == small
+    assert bd.eet_image_jpeg(entries["edje/images/2"]) is None
+    with pytest.raises(bd.DatasetError, match="not an Eet file"):
+        bd.read_eet(b"\x1e\xe7\xff\x00" + bytes(20))
+    with pytest.raises(bd.DatasetError, match="past the end"):
+        bd.read_eet(data[:100])
+
+
+def rcc_file(tree: dict, version: int = 2) -> bytes:
+    """A Qt resource file built byte by byte from {name: bytes | (bytes, "zlib") | {...}}."""
+    nodes, names, blobs = [], b"", b""
+
+    def name_offset(name: str) -> int:
+        nonlocal names
+        at = len(names)
+        encoded = name.encode("utf-16-be")
+        names += struct.pack(">HI", len(name), 0) + encoded
+        return at
+
+    # Breadth-first, as rcc writes it: a directory's children are consecutive nodes.
+    nodes.append(["", tree])
+    i = 0
+    while i < len(nodes):
+        name, content = nodes[i]
+        if isinstance(content, dict):
+            nodes[i].append(len(nodes))
+            nodes.extend([child, sub] for child, sub in content.items())
+        i += 1
+    packed = []
+    for index, node in enumerate(nodes):
+        name, content = node[0], node[1]
+        at = name_offset(name) if index else 0
+        if isinstance(content, dict):
+            packed.append(struct.pack(">IHII", at, 2, len(content), node[2]))
+        else:
+            payload, flags = (content, 0) if isinstance(content, bytes) else (content[0], 1)
+            stored = struct.pack(">I", len(payload)) + zlib.compress(payload) if flags else payload
+            packed.append(struct.pack(">IHHHI", at, flags, 0, 0, len(blobs)))
+            blobs += struct.pack(">I", len(stored)) + stored
+        if version >= 2:
+            packed[-1] += bytes(8)  # modification time
+    header = 20 + (4 if version >= 3 else 0)
+    tree_at = header
+    data_at = tree_at + sum(len(p) for p in packed)
+    names_at = data_at + len(blobs)
+    head = b"qres" + struct.pack(">4I", version, tree_at, data_at, names_at)
+    head += bytes(4) if version >= 3 else b""
+    return head + b"".join(packed) + blobs + names
+
+
+def test_rcc_reader(bd):
+    photo = jpeg_bytes(3)
+    tree = {
+        "gcompris": {
+            "src": {"erase": {"gorilla.webp": photo, "main.qml": (b"Item {}" * 20, "zlib")}},
+            "readme": b"hello",
+        }
+    }
+    for version in (1, 2, 3):
+        files = bd.read_rcc(rcc_file(tree, version))
+        assert files == {
+            "gcompris/readme": b"hello",
+            "gcompris/src/erase/gorilla.webp": photo,
+            "gcompris/src/erase/main.qml": b"Item {}" * 20,
+        }
+    with pytest.raises(bd.DatasetError, match="not a Qt resource file"):
+        bd.read_rcc(b"RIFF" + bytes(30))
+    with pytest.raises(bd.DatasetError, match="version 7"):
+        bd.read_rcc(b"qres" + struct.pack(">4I", 7, 20, 20, 20))
+
+
+def test_container_scan(bd, tmp_path):
+    """Images inside .rcc and .edj files become candidates named after the entry."""
+    root = tmp_path / "pkg_1.0_all"
+    rcc_dir = root / "usr/share/gcompris-qt/rcc"
+    rcc_dir.mkdir(parents=True)
+    webp = io.BytesIO()
+    textured(40, 60).save(webp, "WEBP")
+    tree = {
+        "gcompris": {
+            "src": {
+                "activities": {
+                    "erase": {"resource": {"cat.webp": webp.getvalue(), "x.svg": b"<svg/>"}}
+                }
+            }
+        }
+    }
+    (rcc_dir / "erase.rcc").write_bytes(rcc_file(tree))
+    spec = bd.SPECS["gcompris-qt-data"]
+    skipped = []
+    found = bd.scan(spec, root, "1.0", skipped, tmp_path / "extracted")
+    assert [(c.rel_path, c.work, c.width, c.height) for c in found] == [
+        ("erase/resource/cat.webp", "erase/resource/cat", 60, 40)
+    ]
+    assert found[0].source_path == (
+        "usr/share/gcompris-qt/rcc/erase.rcc!/gcompris/src/activities/erase/resource/cat.webp"
+    )
+    assert skipped[0][2] == "vector source"
+    assert bd.decision("gcompris", found[0].work) == bd.PHOTO
+    assert bd.decision("gcompris", "lang/resource/words_sample/cat") != bd.PHOTO
+    assert bd.decision("gcompris", "nowhere/else") == "not a photograph: activity graphics"
+    assert bd.decision("nobody", "x") == "not reviewed"
+
+    edj_dir = root / "usr/share/enlightenment/data/backgrounds"
+    edj_dir.mkdir(parents=True)
+    big, small = jpeg_bytes(5), jpeg_bytes(6)[:200]
+    (edj_dir / "Bamboo.edj").write_bytes(
+        eet_file([("edje/images/1", small, 0), ("edje/images/0", big, 0)])
+    )
+    skipped = []
+    found = bd.scan(bd.SPECS["enlightenment-data"], root, "1.0", skipped, tmp_path / "e")
+    assert [(c.work, c.source_path) for c in found] == [
+        ("Bamboo", "usr/share/enlightenment/data/backgrounds/Bamboo.edj!/edje/images/0")
+    ]
+    assert found[0].path.read_bytes() == big
+    assert skipped == [
+        (
+            "enlightenment-data",
+            "usr/share/enlightenment/data/backgrounds/Bamboo.edj!/edje/images/1",
+            "smaller copy of edje/images/0 in the same file",
+        )
+    ]
+
+
+def test_heldout_rule(bd, monkeypatch):
+    monkeypatch.setattr(bd, "HELDOUT_PHOTOS", {"g/cat": "animals", "o/fruits": "food"})
+    items = [(f"wall/{i}.jpg", "wall/photo", False) for i in range(17)] + [
+        ("gpkg/cat.webp", "g/cat", True),
+        ("gpkg/dog.webp", "g/dog", True),
+        ("opkg/fruits.jpg", "o/fruits", True),
+    ]
+    split = bd.split_images(items)
+    assert split == bd.split_images(list(reversed(items)))
+    assert split["gpkg/cat.webp"] == ("heldout", bd.SPLIT_RULE_FIXED)
+    assert split["opkg/fruits.jpg"] == ("heldout", bd.SPLIT_RULE_FIXED)
+    assert split["gpkg/dog.webp"] == ("train", bd.SPLIT_RULE_REST)
+    hashed = [k for k, (s, rule) in split.items() if rule == bd.SPLIT_RULE_HASH and s == "heldout"]
+    assert len(hashed) == round(0.12 * 17) == 2  # the wallpaper rule is unchanged
+    with pytest.raises(bd.DatasetError, match="o/fruits"):
+        bd.split_images(items[:-1])
+
+
+def test_fixed_heldout_list_covers_the_categories(bd):
+    assert len(bd.HELDOUT_PHOTOS) >= 20
+    text = " ".join(bd.HELDOUT_PHOTOS.values())
+    for category in ("people", "animals", "food", "red", "blue", "indoor", "city", "night"):
+        assert category in text
+    for work in bd.HELDOUT_PHOTOS:
+        short, rest = work.split("/", 1)
+        assert bd.decision(short, rest) == bd.PHOTO, work
+
+
+def test_upstream_licences(bd):
+    text = DEP5 + (
+        "\nFiles: src/activities/erase/resource/cat.jpg\nCopyright: C. At\nLicense: CC0-1.0\n"
+        "\nFiles: data/*\nCopyright: D\nLicense: BSD-3-Clause\n"
+    )
+    spec = bd.SPECS["gcompris-qt-data"]
+    path = "usr/share/gcompris-qt/rcc/erase.rcc!/gcompris/src/activities/erase/resource/cat.webp"
+    assert bd.upstream_path(spec, path) == "src/activities/erase/resource/cat.webp"
+    found = bd.debian_licence(text, path, "GPL-3+", bd.upstream_path(spec, path))
+    assert (found.licence, found.copyright) == ("CC0-1.0", "C. At")
+    assert found.licence_source.endswith("(as src/activities/erase/resource/cat.jpg)")
+    # Whole-path matching: the source tree's data/* is not the samples' data folder.
+    opencv = bd.SPECS["opencv-doc"]
+    sample = "usr/share/doc/opencv-doc/examples/data/fruits.jpg"
+    assert bd.upstream_path(opencv, sample) == "samples/data/fruits.jpg"
+    assert bd.debian_licence(text, sample, "x", "samples/data/fruits.jpg").licence == "GPL-2+"
+    assert bd.debian_licence(text, sample, "x").licence == "BSD-3-Clause"  # trailing-part rule
