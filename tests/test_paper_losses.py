@@ -261,3 +261,50 @@ def test_hyper_stage_paper_preset_uses_the_per_position_cosine(setup):
             {"model": "m", "output_dir": "o", "stages": [{"kind": "vae", "steps": 1,
              "loss": {"preset": "paper"}}]}
         )  # fmt: skip
+
+
+def test_dists_matches_the_reference_formula(setup):
+    """Our DISTS (the paper preset's perceptual term) against the DISTS reference computation
+    written out here: VGG16 stages with the grouped Hann L2 pooling, texture and structure terms
+    weighted by alpha/beta, on [0, 1] inputs."""
+    from oscar.evaluation.perceptual import load_perceptual
+
+    _, weights = setup
+    dists = load_perceptual("dists", weights).double()
+    x, y = _images(7, (2, 3, 32, 32)), _images(8, (2, 3, 32, 32))
+    convs = dists.net.features
+    a = np.hanning(5)[1:-1]
+    hann = torch.tensor(a[:, None] * a[None, :], dtype=torch.float64)
+    hann = (hann / hann.sum())[None, None]
+
+    def l2pool(h):
+        f = hann.repeat(h.shape[1], 1, 1, 1)
+        return (F.conv2d(h**2, f, stride=2, padding=1, groups=h.shape[1]) + 1e-12).sqrt()
+
+    def feats(img01):
+        mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+        h, out = (img01 - mean) / std, [img01]
+        for i, stage in enumerate([(0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28)]):
+            if i:
+                h = l2pool(h)
+            for j in stage:
+                h = F.relu(F.conv2d(h, convs[j].weight, convs[j].bias, padding=1))
+            out.append(h)
+        return out
+
+    fx, fy = feats((x + 1) / 2), feats((y + 1) / 2)
+    chns = [3, 64, 128, 256, 512, 512]
+    w_sum = dists.alpha.sum() + dists.beta.sum()
+    alphas = torch.split(dists.alpha / w_sum, chns, dim=1)
+    betas = torch.split(dists.beta / w_sum, chns, dim=1)
+    total = torch.zeros(2, dtype=torch.float64)
+    for k in range(6):
+        mx, my = fx[k].mean([2, 3]), fy[k].mean([2, 3])
+        vx = ((fx[k] - mx[..., None, None]) ** 2).mean([2, 3])
+        vy = ((fy[k] - my[..., None, None]) ** 2).mean([2, 3])
+        cov = (fx[k] * fy[k]).mean([2, 3]) - mx * my
+        s1 = (2 * mx * my + 1e-6) / (mx**2 + my**2 + 1e-6)
+        s2 = (2 * cov + 1e-6) / (vx + vy + 1e-6)
+        total += (alphas[k].flatten() * s1).sum(1) + (betas[k].flatten() * s2).sum(1)
+    torch.testing.assert_close(dists(x, y), 1 - total, rtol=1e-7, atol=1e-9)  # float32 filter
