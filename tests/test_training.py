@@ -626,7 +626,12 @@ def test_unknown_recipe_fields_are_errors(tmp_path, data_dirs):
 def test_shipped_recipes_parse():
     from oscar.config import ModelConfig
 
-    for name in ("train_tiny.yaml", "train_small.yaml", "train_sd21.yaml"):
+    for name in (
+        "train_tiny.yaml",
+        "train_small.yaml",
+        "train_sd21.yaml",
+        "train_sd21_paper.yaml",
+    ):
         config = TrainConfig.load(CONFIGS / name)
         assert config.stages
         arch = ModelConfig.from_json_file(config.model)

@@ -428,15 +428,21 @@ class OscarCodec:
                 f"(timestep {self.rate(level).timestep}), got {steps!r}"
             )
 
-    def decode(self, encoded: EncodedImage, steps: int = 1) -> np.ndarray:
+    def decode(
+        self, encoded: EncodedImage, steps: int = 1, *, truncate: bool = False
+    ) -> np.ndarray:
         """Typed record → image: (H, W, 3) uint8, or (H, W) when the source was greyscale.
 
         ``steps`` > 1 decodes with that many deterministic DDIM steps instead of one.
+        ``truncate`` converts to 8 bits by rounding down, as the original's test script did
+        (oscar.io.tensor_to_image); the default rounds.
         """
-        return self.decode_batch([encoded], steps)[0]
+        return self.decode_batch([encoded], steps, truncate=truncate)[0]
 
     @torch.inference_mode()
-    def decode_batch(self, records: Sequence[EncodedImage], steps: int = 1) -> list[np.ndarray]:
+    def decode_batch(
+        self, records: Sequence[EncodedImage], steps: int = 1, *, truncate: bool = False
+    ) -> list[np.ndarray]:
         """Records of one level and size → images, run through the networks as one batch."""
         if not records:
             raise ConfigError("a batch needs at least one record")
@@ -464,17 +470,17 @@ class OscarCodec:
         with stage("crop"):
             images = []
             for i, r in enumerate(records):
-                rgb = tensor_to_image(crop(x_hat[i : i + 1], r.height, r.width))
+                rgb = tensor_to_image(crop(x_hat[i : i + 1], r.height, r.width), truncate=truncate)
                 images.append(grey_from_rgb(rgb) if r.grey else rgb)
         return images
 
-    def decompress(self, data: bytes, steps: int = 1) -> np.ndarray:
+    def decompress(self, data: bytes, steps: int = 1, *, truncate: bool = False) -> np.ndarray:
         """File bytes → image: (H, W, 3) uint8, or (H, W) for greyscale sources.
 
         ``steps`` > 1 runs that many deterministic DDIM steps (a slower, quality/speed dial);
-        ``steps=1`` is OSCAR's one-step decoder.
+        ``steps=1`` is OSCAR's one-step decoder. ``truncate``: see :meth:`decode`.
         """
-        return self.decode(self.unpack(data), steps)
+        return self.decode(self.unpack(data), steps, truncate=truncate)
 
     def reconstruct(self, image: ImageLike, level: int, steps: int = 1) -> np.ndarray:
         """What decompress(compress(image), steps) returns, computed without bytes."""

@@ -257,9 +257,12 @@ def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return x.to(torch.float32) / 127.5 - 1.0
 
 
-def tensor_to_image(x: torch.Tensor) -> np.ndarray:
-    """x (1, 3, H, W) in [-1, 1] → (H, W, 3) uint8, rounded (what a user saves)."""
-    x = ((x[0].detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round()
+def tensor_to_image(x: torch.Tensor, *, truncate: bool = False) -> np.ndarray:
+    """x (1, 3, H, W) in [-1, 1] → (H, W, 3) uint8, rounded (what a user saves). ``truncate``
+    rounds down instead, as the original release's test script did (``oscar eval --protocol
+    paper``, docs/method.md §6.1)."""
+    x = (x[0].detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5
+    x = x.floor() if truncate else x.round()
     return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 

@@ -81,6 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="published results to overlay (codec,bpp,metric,value[,source]); shown as not "
         "re-measured",
     )
+    p.add_argument(
+        "--protocol",
+        choices=("ours", "paper"),
+        default="ours",
+        help="ours: code and score the untouched images. paper: as the original's test script "
+        "(Lanczos resize to multiples of 128, scored against the resized image; our encoder at "
+        "effort 0, output truncated to 8 bits); see docs/evaluation.md",
+    )
     p.add_argument("-f", "--force", action="store_true", help="write into a non-empty OUT")
     add_effort_option(p)
     add_steps_option(p)
@@ -197,6 +205,7 @@ def run_eval(args: argparse.Namespace) -> int:
         crops=args.crops,
         crop_size=args.crop_size,
         steps=args.steps,
+        protocol=args.protocol,
     )
     part = evaluate_images(codec, images, baselines, suite, options, Shard(index, count))
     if count > 1:
@@ -216,6 +225,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "model": str(codec.loaded.directory),
         "model fingerprint": codec.fingerprint.hex(),
         "levels": ", ".join(map(str, levels)),
+        "protocol": args.protocol,
         "encoder effort": str(codec.effort),
         "decoding steps": f"{args.steps} ({'one-step decoder' if args.steps == 1 else 'DDIM'})",
         "baselines": ", ".join(f"{b.name} ({b.options})" for b in baselines) or "none",

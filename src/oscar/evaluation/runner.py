@@ -18,6 +18,16 @@ weights_dir=None, device=None, progress=False) -> list[ImageRecord]``
     sweep, crops for the report, and Inception features for FID/KID. ``evaluate_images`` works on
     one shard of the images (for ``accelerate launch``: one shard per process); ``finalize``
     merges shards, computes FID/KID and aggregates.
+
+Two image protocols (``EvalOptions.protocol``; ``oscar eval --protocol``):
+
+- ``ours`` (default): every codec codes the untouched image and is scored against it; our codec
+  pads, crops back, rounds to 8 bits and encodes with the codec's effort.
+- ``paper``: the original release's test script (docs/method.md §6.1): each image is first
+  resized with Lanczos to width and height rounded down to multiples of 128, and that resized
+  image is what every codec codes and what every metric compares with; our codec encodes with
+  effort 0 (nearest codewords; ``codec.effort`` is set to 0) and converts its output to 8 bits
+  by truncation. Rates are measured from the files, over the resized image's pixels.
 """
 
 from __future__ import annotations
@@ -56,6 +66,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REAL = "original"
+PROTOCOLS = ("ours", "paper")
+PAPER_MULTIPLE = 128  # the original's test images: sides rounded down to multiples of 128
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,7 @@ class EvalOptions:
         max_images: evaluate only the first N images (sorted by name).
         warmup: code the first image once, untimed, before timing anything.
         steps: decoding steps of our codec (1: the one-step decoder; N: N DDIM steps).
+        protocol: ``ours`` or ``paper`` (the module docstring).
     """
 
     levels: tuple[int, ...] | None = None
@@ -81,6 +94,13 @@ class EvalOptions:
     max_images: int | None = None
     warmup: bool = True
     steps: int = 1
+    protocol: str = "ours"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            from oscar.errors import ConfigError
+
+            raise ConfigError(f"unknown protocol {self.protocol!r}; use one of {PROTOCOLS}")
 
 
 @dataclass(frozen=True)
@@ -129,15 +149,44 @@ def list_images(data: str | Path | Sequence[str | Path], max_images: int | None 
     return found[:max_images] if max_images else found
 
 
+# ----------------------------------------------------------------------------- protocols
+def paper_resize(rgb: np.ndarray, multiple: int = PAPER_MULTIPLE) -> np.ndarray:
+    """(H, W, 3) uint8 → Lanczos-resized to (H − H mod m, W − W mod m), as the original's test
+    script prepares its images; unchanged when already a multiple."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    nh, nw = h - h % multiple, w - w % multiple
+    if min(nh, nw) == 0:
+        from oscar.errors import ImageError
+
+        raise ImageError(
+            f"--protocol paper needs images of at least {multiple}x{multiple} pixels, got {h}x{w}"
+        )
+    if (nh, nw) == (h, w):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.LANCZOS), dtype=np.uint8)
+
+
+def prepare_source(codec, path, protocol: str = "ours"):
+    """The image every codec codes and every metric compares with, under ``protocol``."""
+    source = codec.prepare_image(path)
+    if protocol != "paper":
+        return source
+    from oscar.io import SourceImage
+
+    return codec.prepare_image(SourceImage(paper_resize(source.rgb), grey=source.grey))
+
+
 # ----------------------------------------------------------------------------- our codec
 def _code_oscar(
-    codec, source, level: int, steps: int = 1
+    codec, source, level: int, steps: int = 1, truncate: bool = False
 ) -> tuple[bytes, np.ndarray, float, float]:
     start = time.perf_counter()
     data = codec.compress(source, level)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
-    rec = codec.decompress(data, steps=steps)
+    rec = codec.decompress(data, steps=steps, truncate=truncate)
     decode_s = time.perf_counter() - start
     if rec.ndim == 2:
         rec = np.repeat(rec[:, :, None], 3, axis=2)
@@ -336,6 +385,9 @@ def evaluate_images(
 ) -> PartialResult:
     """Run the protocol on this shard's images (every ``shard.count``-th, from ``shard.index``)."""
     levels = list(options.levels or codec.model.config.level_numbers)
+    paper = options.protocol == "paper"
+    if paper:
+        codec.effort = 0  # the original's encoder: nearest codewords
     result = PartialResult()
     result.features[REAL] = FeatureSet()
     mine = list(enumerate(images))[shard.index :: shard.count]
@@ -347,11 +399,12 @@ def evaluate_images(
 
     # warm-up (lazy initialisation, kernel selection) so that the timings are steady ones
     if mine and options.warmup:
-        _code_oscar(codec, codec.prepare_image(mine[0][1][0]), levels[0], options.steps)
+        first = prepare_source(codec, mine[0][1][0], options.protocol)
+        _code_oscar(codec, first, levels[0], options.steps, paper)
     bar = tqdm(mine, desc="evaluating", unit="img", disable=not progress or None)
     for index, (path, name) in bar:
         bar.set_postfix_str(name[-30:])
-        source = codec.prepare_image(path)
+        source = prepare_source(codec, path, options.protocol)
         rgb = source.rgb
         with_crops = index < options.crops
         box = crop_box(rgb, options.crop_size) if with_crops else (0, 0, 0, 0)
@@ -361,7 +414,7 @@ def evaluate_images(
         ours: dict[int, float] = {}
         crop_sets: dict[int, CropSet] = {}
         for level in levels:
-            data, rec, enc_s, dec_s = _code_oscar(codec, source, level, options.steps)
+            data, rec, enc_s, dec_s = _code_oscar(codec, source, level, options.steps, paper)
             values, notes = suite.image_metrics(rgb, rec)
             record = _oscar_record(name, rgb, level, data, values, notes, enc_s, dec_s)
             result.records.append(record)

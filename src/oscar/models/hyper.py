@@ -86,11 +86,13 @@ class HyperSynthesis(nn.Sequential):
 
 @dataclass(frozen=True)
 class HyperOutput:
-    """Training-mode result: y_tilde (B, 4, H', W'), indices (B, h, w), commitment loss."""
+    """Training-mode result: y_tilde (B, 4, H', W'), indices (B, h, w), commitment loss and
+    its codebook part (oscar.models.quantizer.QuantizerOutput)."""
 
     y_tilde: torch.Tensor
     indices: torch.Tensor
     commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor | None = None
 
 
 class HyperCoder(nn.Module):
@@ -119,4 +121,4 @@ class HyperCoder(nn.Module):
 
     def forward(self, y: torch.Tensor) -> HyperOutput:
         q = self.quantizer(self.g_a(y))
-        return HyperOutput(self.g_s(q.features), q.indices, q.commitment_loss)
+        return HyperOutput(self.g_s(q.features), q.indices, q.commitment_loss, q.codebook_loss)

@@ -51,6 +51,7 @@ class OscarOutput:
     y_hat: torch.Tensor
     indices: torch.Tensor
     commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor | None = None
 
 
 class OscarModel(nn.Module):
@@ -198,5 +199,12 @@ class OscarModel(nn.Module):
         hyper, z_t, y_hat = self.code_latent(y, level)
         x_hat = self.decode_latent(y_hat)
         return OscarOutput(
-            x_hat, y, hyper.y_tilde, z_t, y_hat, hyper.indices, hyper.commitment_loss
+            x_hat,
+            y,
+            hyper.y_tilde,
+            z_t,
+            y_hat,
+            hyper.indices,
+            hyper.commitment_loss,
+            hyper.codebook_loss,
         )

@@ -29,11 +29,15 @@ class QuantizerOutput:
         features: û (B, M, h, w), straight-through: forward value of the codewords, gradient of p̂.
         indices: (B, h, w) int64 in [0, K).
         commitment_loss: scalar, β·‖p̂ − sg(e)‖² + ‖sg(p̂) − e‖² averaged over tokens.
+        codebook_loss: scalar, the codebook part ‖sg(p̂) − e‖² alone (it moves only the
+            codewords; the ``paper`` loss preset uses it in place of the original's EMA codebook
+            update, docs/method.md §6.2).
     """
 
     features: torch.Tensor
     indices: torch.Tensor
     commitment_loss: torch.Tensor
+    codebook_loss: torch.Tensor | None = None
 
 
 class CosineVectorQuantizer(nn.Module):
@@ -92,7 +96,8 @@ class CosineVectorQuantizer(nn.Module):
         codebook = self.normalized_codebook()
         indices = self._nearest(p_hat.detach(), codebook)
         e = F.embedding(indices, codebook)
-        commitment = self.beta * F.mse_loss(p_hat, e.detach()) + F.mse_loss(e, p_hat.detach())
+        codebook_term = F.mse_loss(e, p_hat.detach())
+        commitment = self.beta * F.mse_loss(p_hat, e.detach()) + codebook_term
         e_st = p_hat + (e - p_hat).detach()
         features = self.features(e_st)
-        return QuantizerOutput(features, indices, commitment)
+        return QuantizerOutput(features, indices, commitment, codebook_term)

@@ -15,7 +15,7 @@ model the previous stage wrote::
       - {kind: joint, steps: 3000, batch_size: 8, lr: 5.0e-5}
       - {kind: priors}
 
-Stage kinds (method.md §4-5): ``vae`` and ``diffusion`` (stage 0, models trained from scratch),
+Stage kinds (docs/method.md §4-5): ``vae`` and ``diffusion`` (stage 0, models trained from scratch),
 ``hyper`` (stage 1), ``calibrate``, ``joint`` (stage 2), ``decoder`` (refines the VAE decoder
 alone, oscar.training.stage3), ``priors``, and ``add_level`` (adds a new rate level whose
 hyper-coder the next ``hyper`` stage trains).
@@ -78,26 +78,99 @@ class DataConfig:
             raise ConfigError("data.num_workers must be >= 0")
 
 
+LossPreset = Literal["ours", "paper"]
+
+# The weights and forms each preset gives the fields a recipe leaves out (docs/method.md §5-6).
+# ``paper`` is the original release's stage-2 loss (stage 1: its per-position cosine, no VQ term
+# but the codebook update) with one deliberate exception: the generator receives the adversarial
+# gradient, which the original's discriminator (features under no_grad) never passed on.
+LOSS_PRESETS: dict[str, dict[str, Any]] = {
+    "ours": {
+        "l1": 1.0,
+        "perceptual": 1.0,
+        "perceptual_kind": "lpips_vgg",
+        "perceptual_fallback": "ms_ssim",
+        "edge_perceptual": 1.0,
+        "cosine": 2.0,
+        "commitment": 1.0,
+        "codebook": 0.0,
+        "adversarial": 5.0e-3,
+        "discriminator": 1.0,
+        "discriminator_timesteps": (0, 500),
+    },
+    "paper": {
+        "l1": 1.0,
+        "perceptual": 1.0,
+        "perceptual_kind": "dists",
+        "perceptual_fallback": "none",
+        "edge_perceptual": 1.0,
+        "cosine": 2.0,
+        "commitment": 0.0,
+        "codebook": 1.0,
+        "adversarial": 5.0e-3,
+        "discriminator": 1.0e-2,
+        "discriminator_timesteps": (20, 980),
+    },
+}
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss weights; which ones a stage reads is listed in its docstring (oscar.training.stages).
+    """Loss weights and forms; which ones a stage reads is listed in its docstring.
 
-    ``perceptual`` names the perceptual distance (LPIPS and DISTS need local weight files);
-    ``perceptual_fallback`` is used, and logged, when those weights are absent.
+    ``preset`` picks the forms of the terms and the defaults of every field left out (None):
+
+    - ``ours``: L1 on [-1, 1] images, LPIPS-VGG (``perceptual_fallback`` MS-SSIM when its weights
+      are absent, logged), the perceptual distance between per-channel RGB Sobel maps, 1 − cosine
+      over the whole latent, the VQ-VAE codebook + commitment term, hinge adversarial losses,
+      discriminator timesteps in [0, 500).
+    - ``paper``: the original release's terms (docs/method.md §5, §6.2): L1 on [0, 1] images,
+      DISTS (no fallback: missing weights are an error), DISTS between grey Sobel-magnitude maps,
+      1 − the per-channel latent cosine (stage 2) or the per-position one (stage 1), no
+      commitment term (the codebook term alone stands in for the original's EMA codebook
+      update), generator loss softplus(−D), discriminator loss ``discriminator``·BCE,
+      discriminator timesteps in [20, 980). Unlike the original, the generator does receive the
+      adversarial gradient.
+
+    ``commitment`` weighs the whole VQ-VAE term (codebook + β·commitment), ``codebook`` its
+    codebook part alone; ``discriminator`` scales the discriminator's loss.
     """
 
-    l1: float = 1.0
+    preset: LossPreset = "ours"
+    l1: float | None = None
     mse: float = 0.0  # vae stage: mean squared error on [-1, 1] images
     lowpass: float = 0.0  # vae stage: L1 between 8x8 block means (guards colour)
-    perceptual: float = 1.0
-    perceptual_kind: PerceptualKind = "lpips_vgg"
-    perceptual_fallback: PerceptualKind = "ms_ssim"
-    edge_perceptual: float = 1.0
+    perceptual: float | None = None
+    perceptual_kind: PerceptualKind | None = None
+    perceptual_fallback: PerceptualKind | None = None
+    edge_perceptual: float | None = None
     kl: float = 1.0e-6
-    cosine: float = 2.0
-    commitment: float = 1.0
-    adversarial: float = 5.0e-3
+    cosine: float | None = None
+    commitment: float | None = None
+    codebook: float | None = None
+    adversarial: float | None = None
     adversarial_start: int = 0
+    discriminator: float | None = None
+    discriminator_timesteps: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in LOSS_PRESETS:
+            raise ConfigError(f"loss preset must be one of {', '.join(LOSS_PRESETS)}")
+        for name, value in LOSS_PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        lo_hi = self.discriminator_timesteps
+        if not (
+            isinstance(lo_hi, (list, tuple))
+            and len(lo_hi) == 2
+            and all(isinstance(t, int) for t in lo_hi)
+            and 0 <= lo_hi[0] < lo_hi[1] <= 1000
+        ):
+            raise ConfigError(
+                f"discriminator_timesteps must be [low, high) with 0 <= low < high <= 1000, "
+                f"got {lo_hi!r}"
+            )
+        object.__setattr__(self, "discriminator_timesteps", tuple(lo_hi))
 
 
 def check_fingerprint_field(value: object, name: str) -> None:
@@ -166,6 +239,11 @@ class StageConfig:
                 raise ConfigError(f"stage {self.kind}: batch_size and grad_accumulation >= 1")
             if self.lr <= 0:
                 raise ConfigError(f"stage {self.kind}: lr must be > 0")
+        if self.loss.preset != "ours" and self.kind not in ("hyper", "joint"):
+            raise ConfigError(
+                f"stage {self.kind}: loss preset {self.loss.preset!r} is for the hyper and joint "
+                "stages only"
+            )
         if self.kind == "add_level" and (self.grid_factor is None or self.codebook_size is None):
             raise ConfigError("stage add_level needs grid_factor and codebook_size")
         if isinstance(self.vae_decoder, dict):

@@ -1,12 +1,12 @@
 """Discriminators: a PatchGAN on images (stage 0 VAE) and one on diffusion-UNet features of
-noised latents (stage 2, method.md §5).
+noised latents (stage 2, docs/method.md §5).
 
 The stage-2 discriminator runs a *frozen* copy of the diffusion UNet's encoder path (conv_in,
 down blocks, mid block) on z_t = √ᾱ·y + √(1−ᾱ)·ε for a random t, and small trainable heads turn
 each scale's features into patch logits. The frozen copy's parameters take no gradient, but the
 computation is kept in the graph (no ``torch.no_grad``): the generator's gradient flows through
 it into y_hat. The original release computed these features under no-grad, so its adversarial
-term never reached the generator (method.md §6.5).
+term never reached the generator (docs/method.md §6.2).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class PatchDiscriminator(nn.Module):
 class UNetFeatureDiscriminator(nn.Module):
     """Patch logits from frozen diffusion-UNet encoder features of noised latents."""
 
-    def __init__(self, unet: UNet2DConditionModel, max_timestep: int = 500) -> None:
+    def __init__(self, unet: UNet2DConditionModel) -> None:
         super().__init__()
         self.backbone = copy.deepcopy(unet)
         self.backbone.requires_grad_(False)
@@ -53,7 +53,6 @@ class UNetFeatureDiscriminator(nn.Module):
         self.backbone.up_blocks = nn.ModuleList()
         self.backbone.conv_norm_out = None
         self.backbone.conv_out = nn.Identity()
-        self.max_timestep = max_timestep
         channels = [b.resnets[-1].out_channels for b in self.backbone.down_blocks]
         channels.append(self.backbone.mid_block.resnets[-1].out_channels)
         self.heads = nn.ModuleList(

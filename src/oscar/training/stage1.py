@@ -1,7 +1,10 @@
-"""Stage 1 (method.md §5): each level's hyper-coder alone against the frozen autoencoder.
+"""Stage 1 (docs/method.md §5): each level's hyper-coder alone against the frozen autoencoder.
 
-Loss per level: ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·(codebook + β·commitment), the
-cosine taken over the whole latent of each sample (oscar.training.losses.global_cosine). The
+Loss per level: ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·(codebook + β·commitment) +
+``codebook``·codebook term. With the ``ours`` loss preset the cosine is taken over the whole
+latent of each sample (oscar.training.losses.global_cosine); with ``paper`` over the channels at
+each latent position, as the original's stage 1, which has no VQ term in its loss (the preset
+keeps the codebook term, in place of the original's EMA codebook update). The
 selected levels all train on the same batch, sharing one VAE encoding; train them in one run
 (``levels: all``) or separately (``levels: [3]``).
 
@@ -25,7 +28,7 @@ from oscar.models.hyper import HyperCoder, HyperOutput
 from oscar.models.oscar import OscarModel
 from oscar.rates import RateLevel
 from oscar.training.loop import backward_and_step, make_optimized
-from oscar.training.losses import cosine_loss, value
+from oscar.training.losses import alignment_loss, value
 from oscar.training.stage_base import Stage
 
 log = logging.getLogger(__name__)
@@ -83,10 +86,13 @@ class HyperStage(Stage):
             with self.autocast():
                 outputs = self.gen.module(y)
                 total = 0.0
+                form = "position" if loss_cfg.preset == "paper" else "global"
                 for lv, out in outputs.items():
-                    cos = cosine_loss(out.y_tilde, y)
+                    cos = alignment_loss(form, out.y_tilde, y)
                     commit = out.commitment_loss
                     total = total + loss_cfg.cosine * cos + loss_cfg.commitment * commit
+                    if loss_cfg.codebook:
+                        total = total + loss_cfg.codebook * out.codebook_loss
                     logs[f"cos/level{lv}"] = 1.0 - value(cos)
                     self.usage[lv] += torch.bincount(
                         out.indices.flatten(), minlength=self.usage[lv].numel()

@@ -1,4 +1,4 @@
-"""Stage 2 (method.md §5): hyper-coders + UNet (full fine-tuning or LoRA) + prompt embedding,
+"""Stage 2 (docs/method.md §5): hyper-coders + UNet (full fine-tuning or LoRA) + prompt embedding,
 VAE frozen, one level drawn per step.
 
 ``train_unet``: ``full`` trains every UNet weight; ``lora`` only a LoRA on it (peft, as the
@@ -9,13 +9,20 @@ hyper-coders train, so every other level decodes bit for bit as before (refining
 a finished model, as configs/train_small_refine.yaml does).
 
 Loss: ``l1``·L1(x_hat, x) + ``perceptual``·P(x_hat, x) + ``edge_perceptual``·P(Sobel(x_hat),
-Sobel(x)) + ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·VQ terms + ``adversarial``·hinge
-from the discriminator on frozen diffusion-UNet features of noised latents (real y, fake y_hat;
-from step ``adversarial_start``). The generator's adversarial gradient reaches y_hat and through
-it the UNet, prompt and hyper-coders (tests/test_training.py checks it).
+Sobel(x)) + ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·VQ terms + ``codebook``·codebook
+term + ``adversarial``·G loss from the discriminator on frozen diffusion-UNet features of
+latents noised at t in ``discriminator_timesteps`` (real y, fake y_hat; from step
+``adversarial_start``). The loss preset (oscar.training.config.LossConfig) picks each term's
+form: ours (hinge, RGB Sobel maps, whole-latent cosine) or the original's (``paper``: L1 on
+[0, 1], grey Sobel maps, per-channel cosine, softplus / BCE). Either way the generator's
+adversarial gradient reaches y_hat and through it the UNet, prompt and hyper-coders
+(tests/test_training.py checks it), which the original's never did (docs/method.md §6.2).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,16 +31,55 @@ from oscar.errors import ConfigError
 from oscar.training.discriminators import UNetFeatureDiscriminator
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import (
-    cosine_loss,
+    alignment_loss,
+    bce_d_loss,
     edge_perceptual,
     hinge_d_loss,
     hinge_g_loss,
     l1,
     make_perceptual,
+    paper_edge_perceptual,
+    paper_l1,
+    softplus_g_loss,
     value,
 )
 from oscar.training.stage1 import resolve_levels
 from oscar.training.stage_base import Stage
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """The form of each stage-2 term under a loss preset (docs/method.md §6.2)."""
+
+    l1: Callable
+    edge: Callable
+    cosine: str  # oscar.training.losses.alignment_loss form
+    g_loss: Callable
+    d_loss: Callable
+
+    @classmethod
+    def for_preset(cls, preset: str) -> LossTerms:
+        if preset == "paper":
+            return cls(paper_l1, paper_edge_perceptual, "channel", softplus_g_loss, bce_d_loss)
+        return cls(l1, edge_perceptual, "global", hinge_g_loss, hinge_d_loss)
+
+
+def require_perceptual(loss, used: str, weights_dir: str | None) -> None:
+    """The ``paper`` preset trains with its perceptual distance or not at all: a fallback would
+    no longer be the original's loss."""
+    if loss.preset != "paper" or loss.perceptual == 0 or used == loss.perceptual_kind:
+        return
+    reason = None
+    try:
+        from oscar.evaluation.perceptual import unavailable_reason
+
+        reason = unavailable_reason(loss.perceptual_kind, weights_dir)
+    except (ImportError, KeyError):
+        pass
+    raise ConfigError(
+        f"loss preset paper needs {loss.perceptual_kind}: {reason or 'unavailable'} "
+        "(set the recipe's weights_dir, or choose perceptual_kind yourself)"
+    )
 
 
 class JointStage(Stage):
@@ -66,6 +112,8 @@ class JointStage(Stage):
         self.perceptual, self.perceptual_name = make_perceptual(
             sc.loss.perceptual_kind, sc.loss.perceptual_fallback, self.ctx.config.weights_dir
         )
+        require_perceptual(sc.loss, self.perceptual_name, self.ctx.config.weights_dir)
+        self.terms = LossTerms.for_preset(sc.loss.preset)
 
     def setup_lora(self) -> None:
         """Train a LoRA on the frozen UNet (rank, alpha, targets: the model config's ``lora``).
@@ -99,16 +147,15 @@ class JointStage(Stage):
     def disc_inputs(self, step: int, y: torch.Tensor):
         g = self.ctx.generator(step, 30)
         noise = torch.randn(y.shape, generator=g).to(y.device, y.dtype)
-        t = torch.randint(
-            0, self.unwrap(self.disc.module).max_timestep, (y.shape[0],), generator=g
-        ).to(y.device)
+        low, high = self.stage.loss.discriminator_timesteps
+        t = torch.randint(low, high, (y.shape[0],), generator=g).to(y.device)
         context = self.unwrap(self.gen.module).prompt(y.shape[0]).detach().to(y.dtype)
         return noise, t, context
 
     def adversarial_term(self, step: int, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         d = self.unwrap(self.disc.module)  # no DDP sync here: D's gradients are cleared below
         noise, t, context = self.disc_inputs(step, y)
-        return hinge_g_loss(d(y_hat, noise, t, self.model.schedule.alphas_cumprod, context))
+        return self.terms.g_loss(d(y_hat, noise, t, self.model.schedule.alphas_cumprod, context))
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.stage.loss
@@ -118,9 +165,10 @@ class JointStage(Stage):
         for x in self.micro_batches():
             with self.autocast():
                 out = self.gen.module(x, level)
-                rec, perc = l1(out.x_hat, x), self.perceptual(out.x_hat, x)
-                edge = edge_perceptual(self.perceptual, out.x_hat, x)
-                cos = cosine_loss(out.y_tilde, out.y)
+                terms = self.terms
+                rec, perc = terms.l1(out.x_hat, x), self.perceptual(out.x_hat, x)
+                edge = terms.edge(self.perceptual, out.x_hat, x)
+                cos = alignment_loss(terms.cosine, out.y_tilde, out.y)
                 loss = (
                     cfg.l1 * rec
                     + cfg.perceptual * perc
@@ -128,6 +176,8 @@ class JointStage(Stage):
                     + cfg.cosine * cos
                     + cfg.commitment * out.commitment_loss
                 )
+                if cfg.codebook:
+                    loss = loss + cfg.codebook * out.codebook_loss
                 if adversarial:
                     g_adv = self.adversarial_term(step, out.y.detach(), out.y_hat)
                     loss = loss + cfg.adversarial * g_adv
@@ -156,7 +206,7 @@ class JointStage(Stage):
                     torch.cat([context, context]),
                 )
                 real, fake = logits.chunk(2)
-                d_loss = hinge_d_loss(real, fake)
+                d_loss = self.stage.loss.discriminator * self.terms.d_loss(real, fake)
             backward_and_step(self.ctx, self.disc, [d_loss])
             logs["loss/d"] = value(d_loss)
         return logs
