@@ -3,7 +3,7 @@
     python scripts/build_dataset.py --out /work/data/wallpapers [--max-side 1536] [--work DIR]
     python scripts/build_dataset.py --out /work/data/wallpapers --verify
 
-Sources (see ../shared/data.md and docs/dataset.md): the Debian packages `mate-backgrounds`,
+Sources (see docs/dataset.md): the Debian packages `mate-backgrounds`,
 `plasma-workspace-wallpapers`, `ukui-wallpapers` and `gnome-backgrounds`, fetched with
 `apt-get download` and unpacked with `dpkg -x` into the work folder (default
 `~/.cache/oscar-dataset`); nothing is installed. A second run reuses the `.deb` files and the

@@ -1,4 +1,4 @@
-"""Importing the original release's oscar.pkl (official-checkpoint.md, cited as §n).
+"""Importing the original release's oscar.pkl (docs/official-checkpoint.md, cited as §n).
 
 The synthetic checkpoints here are written from the reference document alone: the key layout and
 shapes of §2.3 and §3, the three module lists built with the original's rule (§3.1), the peft

@@ -13,7 +13,7 @@ from oscar.config import ModelConfig
 from oscar.errors import ConfigError
 from oscar.rates import DEFAULT_LADDER, RateLevel, nearest_level_by_bpp
 
-# method.md §2: (f, K) per level and the token grid of a 512×512 image.
+# docs/method.md §2: (f, K) per level and the token grid of a 512×512 image.
 EXPECTED_512 = {0: 8, 1: 16, 2: 32, 3: 32, 4: 64, 5: 64, 6: 64, 7: 64}
 
 

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure each level's cosine and set its pseudo-timestep",
         formatter_class=HelpFormatter,
         description="Measure the mean cosine between decoded and true latents per level on "
-        "held-out images and set t = argmin |sqrt(alpha_bar_t) - cosine| (method.md §4); both "
+        "held-out images and set t = argmin |sqrt(alpha_bar_t) - cosine| (docs/method.md §4); both "
         "are written into MODEL's rate table. This changes the model's fingerprint.",
     )
     p.add_argument("model_dir", metavar="MODEL")

@@ -1,7 +1,7 @@
-"""Per-channel norm rescaling and its side information (method.md §1, "Norm rescaling").
+"""Per-channel norm rescaling and its side information (docs/method.md §1, "Norm rescaling").
 
 The decoder rescales each channel of y_tilde to the size of the same channel of the true latent
-y. The original release used y's norms at decode time without transmitting them (method.md §6.2);
+y. The original release used y's norms at decode time without transmitting them (docs/method.md §6.2);
 we transmit them.
 
 What is sent: the per-channel RMS (L2 norm over positions / √positions), which, unlike the raw

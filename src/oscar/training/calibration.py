@@ -1,4 +1,4 @@
-"""Rate → pseudo-timestep calibration (method.md §4).
+"""Rate → pseudo-timestep calibration (docs/method.md §4).
 
 For each level, the mean cosine c_L between the decoded noisy latent z_t (y_tilde rescaled to
 the transmitted channel RMS, exactly what the UNet sees) and the true latent y, over held-out

@@ -15,7 +15,7 @@ model the previous stage wrote::
       - {kind: joint, steps: 3000, batch_size: 8, lr: 5.0e-5}
       - {kind: priors}
 
-Stage kinds (method.md §4-5): ``vae`` and ``diffusion`` (stage 0, models trained from scratch),
+Stage kinds (docs/method.md §4-5): ``vae`` and ``diffusion`` (stage 0, models trained from scratch),
 ``hyper`` (stage 1), ``calibrate``, ``joint`` (stage 2), ``decoder`` (refines the VAE decoder
 alone, oscar.training.stage3), ``priors``, and ``add_level`` (adds a new rate level whose
 hyper-coder the next ``hyper`` stage trains).

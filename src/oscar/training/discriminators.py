@@ -1,12 +1,12 @@
 """Discriminators: a PatchGAN on images (stage 0 VAE) and one on diffusion-UNet features of
-noised latents (stage 2, method.md §5).
+noised latents (stage 2, docs/method.md §5).
 
 The stage-2 discriminator runs a *frozen* copy of the diffusion UNet's encoder path (conv_in,
 down blocks, mid block) on z_t = √ᾱ·y + √(1−ᾱ)·ε for a random t, and small trainable heads turn
 each scale's features into patch logits. The frozen copy's parameters take no gradient, but the
 computation is kept in the graph (no ``torch.no_grad``): the generator's gradient flows through
 it into y_hat. The original release computed these features under no-grad, so its adversarial
-term never reached the generator (method.md §6.5).
+term never reached the generator (docs/method.md §6.5).
 """
 
 from __future__ import annotations

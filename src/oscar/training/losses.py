@@ -1,4 +1,4 @@
-"""Loss terms of the training stages (method.md §5).
+"""Loss terms of the training stages (docs/method.md §5).
 
 Images are (B, 3, H, W) in [-1, 1]; latents (B, 4, h, w). Every function returns a scalar mean
 unless it says otherwise.
@@ -20,7 +20,7 @@ PerceptualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def global_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine between a and b flattened per sample (all channels and positions): (B,).
 
-    This is the cosine of method.md §4: for z = √ᾱ·y + √(1−ᾱ)·ε with unit-variance y and ε its
+    This is the cosine of docs/method.md §4: for z = √ᾱ·y + √(1−ᾱ)·ε with unit-variance y and ε its
     expectation is √ᾱ. Calibration measures the same quantity.
     """
     return F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1, eps=1e-8)

@@ -1,4 +1,4 @@
-"""Stage 0, for models trained from scratch (method.md §5): the latent autoencoder, then the
+"""Stage 0, for models trained from scratch (docs/method.md §5): the latent autoencoder, then the
 diffusion UNet as an ordinary latent diffusion model on that autoencoder's latents.
 
 VAE stage losses: ``l1``·L1 + ``perceptual``·P + ``kl``·KL + ``adversarial``·hinge (PatchGAN,

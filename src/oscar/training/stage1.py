@@ -1,4 +1,4 @@
-"""Stage 1 (method.md §5): each level's hyper-coder alone against the frozen autoencoder.
+"""Stage 1 (docs/method.md §5): each level's hyper-coder alone against the frozen autoencoder.
 
 Loss per level: ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·(codebook + β·commitment), the
 cosine taken over the whole latent of each sample (oscar.training.losses.global_cosine). The

@@ -1,4 +1,4 @@
-"""Stage 2 (method.md §5): hyper-coders + UNet (full fine-tuning or LoRA) + prompt embedding,
+"""Stage 2 (docs/method.md §5): hyper-coders + UNet (full fine-tuning or LoRA) + prompt embedding,
 VAE frozen, one level drawn per step.
 
 ``train_unet``: ``full`` trains every UNet weight; ``lora`` only a LoRA on it (peft, as the
