@@ -138,7 +138,8 @@ def test_merge_equals_unmerged_peft_forward(tiny_unet):
 
 
 def test_merge_formulas_on_single_layers():
-    """docs/official-checkpoint.md §3.2, written out: Linear W + s·BA; Conv W + s·Σ_r B[o,r]A[r,i]."""
+    """docs/official-checkpoint.md §3.2, written out: Linear W + s·BA;
+    Conv W + s·Σ_r B[o,r]A[r,i]."""
     g = torch.Generator().manual_seed(0)
     s = 0.5
     lin, conv = nn.Linear(6, 5), nn.Conv2d(4, 3, 3, stride=2, padding=1)

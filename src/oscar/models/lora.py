@@ -5,7 +5,8 @@ Storage convention (in a model directory's ``oscar.safetensors``)::
     unet_lora.<module>.lora_A.weight     Linear: (r, in)       Conv2d: (r, in, k, k)
     unet_lora.<module>.lora_B.weight     Linear: (out, r)      Conv2d: (out, r, 1, 1)
     unet_override.<parameter>            replaces one UNet base parameter (the original release
-                                         saves its own ``conv_in``: docs/official-checkpoint.md §3.3)
+                                         saves its own ``conv_in``:
+                                         docs/official-checkpoint.md §3.3)
 
 with ``config.lora`` = (rank r, alpha, target_modules) giving the scale s = alpha / r. The target
 modules are the UNet's ``nn.Linear`` and ``nn.Conv2d`` whose name equals one of

@@ -53,7 +53,8 @@ class NoiseSchedule:
         return float(self.alphas_cumprod[timestep])
 
     def timestep_for_cosine(self, cosine: float) -> int:
-        """t = argmin_t |√ᾱ_t − c| (docs/method.md §4): the noise level whose expected cosine is c."""
+        """t = argmin_t |√ᾱ_t − c| (docs/method.md §4): the noise level whose expected cosine
+        is c."""
         sqrt_ab = self.alphas_cumprod.double().sqrt()
         return int((sqrt_ab - float(cosine)).abs().argmin())
 
