@@ -13,14 +13,16 @@ that produced the indices.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import constriction
 import numpy as np
 
 from oscar.errors import MalformedError, ModelError
-from oscar.priors import IndexPriors
 from oscar.rates import RateLevel
+
+if TYPE_CHECKING:  # oscar.priors imports torch; `oscar info FILE` parses headers without it
+    from oscar.priors import IndexPriors
 
 FIXED_CODER_ID = 0
 PRIOR_CODER_ID = 1
