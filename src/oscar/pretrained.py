@@ -55,6 +55,7 @@ from oscar.diffusers_io import (
 from oscar.errors import ConfigError, ModelError
 from oscar.io import give_usual_permissions
 from oscar.model_files import (  # the parts that read no weights (no torch, no diffusers)
+    BASE_MODEL_ENV,
     FINGERPRINT_BYTES,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -65,11 +66,8 @@ from oscar.model_files import (  # the parts that read no weights (no torch, no 
     WEIGHTS_FILE,
     _base_folder,
     _read_meta,
-    read_config,
-)
-from oscar.model_files import (  # noqa: F401 (re-exported: callers import them from here)
-    BASE_MODEL_ENV,
     embedded_model_dir,
+    read_config,
     resolve_model_dir,
 )
 from oscar.models.lora import (
@@ -94,6 +92,9 @@ from oscar.safe_build import check_buildable
 _DESCRIPTIVE = {"name", "base_model"}
 
 logger = logging.getLogger(__name__)
+
+# Re-exported from oscar.model_files: callers import them from here.
+__all__ = ["BASE_MODEL_ENV", "embedded_model_dir", "resolve_model_dir"]
 
 _public = public_config
 

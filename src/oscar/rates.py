@@ -124,4 +124,15 @@ def nearest_level_by_bpp(levels: tuple[RateLevel, ...], bpp: float) -> RateLevel
     """The level whose nominal rate is nearest to ``bpp`` (ties go to the lower rate)."""
     if not bpp > 0:
         raise ConfigError(f"--bpp must be positive, got {bpp}")
+    lo = min(lv.nominal_bpp for lv in levels)
+    hi = max(lv.nominal_bpp for lv in levels)
+    if not lo / BPP_TOLERANCE <= bpp <= hi * BPP_TOLERANCE:
+        raise ConfigError(
+            f"--bpp {bpp:g} is outside this model's range, {lo:.4g} to {hi:.4g} bpp (nominal; "
+            f"10 % either side is accepted): use --level, or --max-bytes for a size limit"
+        )
     return min(levels, key=lambda lv: (abs(lv.nominal_bpp - bpp), lv.nominal_bpp))
+
+
+# How far outside the nominal range a --bpp may lie and still pick the nearest level.
+BPP_TOLERANCE = 1.1

@@ -138,7 +138,19 @@ def _environment(device) -> dict[str, str]:
     return info
 
 
+def check_eval_extras(args: argparse.Namespace) -> None:
+    """Before any work: the [eval] extras this run needs (the baselines need imagecodecs; the
+    plots matplotlib; the BD-rates bjontegaard)."""
+    from oscar.extras import require_extra
+
+    modules = ["matplotlib", "bjontegaard"]
+    if args.baselines.strip().lower() != "none":
+        modules.insert(0, "imagecodecs")
+    require_extra("eval", "oscar eval", modules)
+
+
 def run_eval(args: argparse.Namespace) -> int:
+    check_eval_extras(args)
     import datetime
 
     from oscar.commands.common import load_codec

@@ -82,6 +82,9 @@ def _stage_index(config, text: str | None) -> int | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from oscar.extras import require_extra
+
+    require_extra("train", "oscar train")  # before any work
     from oscar.training.config import TRAINING_KINDS, TrainConfig
     from oscar.training.recipe import run_recipe
 
