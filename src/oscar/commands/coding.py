@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compress images to .oscar files",
         formatter_class=HelpFormatter,
         description="Compress image files (or folders of images, searched recursively). "
-        "With one input file, -o names the output file; otherwise -o is a folder.",
+        "With one input file, -o names the output file (not with an image suffix: it holds "
+        ".oscar bytes); otherwise -o is a folder.",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
@@ -47,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--bpp",
         type=float,
         default=None,
-        help="pick the level whose nominal bits per pixel is nearest",
+        help="pick the level whose nominal bits per pixel is nearest; outside the model's range "
+        "(10 %% either side accepted) it is an error naming the range",
     )
     rate.add_argument(
         "--max-bytes",
@@ -74,8 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="decompress .oscar files to images",
         formatter_class=HelpFormatter,
         description="Decompress .oscar files (or folders of them). With one input file, -o "
-        "names the output image (format from its suffix, PNG by default); otherwise -o is a "
-        "folder of PNGs.",
+        "names the output image, whose suffix picks the format (.png, .jpg, .webp, .bmp, .tif, "
+        ".ppm); otherwise -o is a folder of PNGs.",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help=".oscar files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")

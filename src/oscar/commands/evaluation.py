@@ -43,8 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--metrics",
-        default="psnr,ms_ssim,lpips_alex,lpips_vgg,dists,fid,kid",
-        help="comma-separated: psnr, ms_ssim, lpips_alex, lpips_vgg, dists, fid, kid, fid_whole",
+        default="psnr,ms_ssim,colour_shift,lpips_alex,lpips_vgg,dists,fid,kid",
+        help="comma-separated: psnr, ms_ssim, colour_shift, lpips_alex, lpips_vgg, dists, fid, "
+        "kid, fid_whole",
     )
     p.add_argument(
         "--anchor",
