@@ -143,7 +143,7 @@ def test_rates_are_real_bytes(report_dir, tiny_codec, sample_dir):
         assert r["overhead_bytes"] == bitstream.read(data).overhead_bytes
     for r in ours:
         assert r["bpp"] == r["bytes"] * 8 / (r["height"] * r["width"])
-        assert set(r["metrics"]) == {"psnr", "ms_ssim", "lpips_alex"}
+        assert set(r["metrics"]) == {"psnr", "ms_ssim", "colour_shift", "lpips_alex"}
     matched = [r for r in records if r["kind"] == "matched"]
     for r in ours:
         for name in ("jpeg", "webp"):
