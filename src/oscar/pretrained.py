@@ -55,7 +55,7 @@ from oscar.diffusers_io import (
 from oscar.errors import ConfigError, ModelError
 from oscar.io import give_usual_permissions
 from oscar.model_files import (  # the parts that read no weights (no torch, no diffusers)
-    BASE_MODEL_ENV,
+    BASE_MODEL_ENV,  # noqa: F401 (re-exported)
     FINGERPRINT_BYTES,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -66,9 +66,9 @@ from oscar.model_files import (  # the parts that read no weights (no torch, no 
     WEIGHTS_FILE,
     _base_folder,
     _read_meta,
-    embedded_model_dir,
+    embedded_model_dir,  # noqa: F401 (re-exported)
     read_config,
-    resolve_model_dir,
+    resolve_model_dir,  # noqa: F401 (re-exported)
 )
 from oscar.models.lora import (
     LORA_PREFIX,
@@ -92,9 +92,6 @@ from oscar.safe_build import check_buildable
 _DESCRIPTIVE = {"name", "base_model"}
 
 logger = logging.getLogger(__name__)
-
-# Re-exported from oscar.model_files: callers import them from here.
-__all__ = ["BASE_MODEL_ENV", "embedded_model_dir", "resolve_model_dir"]
 
 _public = public_config
 
