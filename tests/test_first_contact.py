@@ -66,6 +66,12 @@ def test_usage_errors_answer_without_diffusers(tmp_path, tiny_model_dir):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_help_and_version_import_nothing_heavy(tmp_path):
+    for argv in (["--help"], ["--version"], ["compress", "--help"], ["info", "--version"]):
+        result = _run_isolated(argv, tmp_path)
+        assert result["rc"] == 0 and result["heavy"] == [], (argv, result)
+
+
 def test_info_reads_headers_without_torch(oscar_file, tiny_model_dir):
     result = _run_isolated(["info", str(oscar_file), "--model", str(tiny_model_dir)], ROOT)
     assert result["rc"] == 0 and result["heavy"] == [], result
@@ -128,3 +134,14 @@ def test_sample_image_from_the_package():
 
     path = oscar.sample_image_path()
     assert path.is_file() and Image.open(path).size == (768, 512)
+
+
+def test_train_without_its_data_says_how_to_make_it(tmp_path, monkeypatch, capsys):
+    """Before any stage folder is made (a failed start leaves nothing behind)."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "train_tiny.yaml"
+    recipe.write_text((ROOT / "configs" / "train_tiny.yaml").read_text())
+    assert main(["train", str(recipe), "--output-dir", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    assert "data folder(s) not found" in err and "says how to make them" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_tiny.yaml"]

@@ -91,6 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig.load(args.recipe)
     if args.output_dir:
         config = replace(config, output_dir=args.output_dir)
+    check_train_data(config, args.recipe)
     if args.max_steps is not None:
         if args.max_steps < 1:
             raise ConfigError("--max-steps must be >= 1")
@@ -113,6 +114,19 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     print(f"model written to {final}")
     return 0
+
+
+def check_train_data(config, recipe: str) -> None:
+    """Before torch loads and before any stage folder is made: the recipe's image folders."""
+    from pathlib import Path
+
+    folders = [*config.data.train, *config.data.validation]
+    missing = [f for f in folders if not Path(f).exists()]
+    if missing:
+        raise ConfigError(
+            f"data folder(s) not found: {', '.join(missing)} (the header of {recipe} says "
+            "how to make them)"
+        )
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
