@@ -204,7 +204,7 @@ def targets_table(docs: dict[str, dict | None], others: dict[str, dict[str, dict
         rows.append([label, "", f"{ratio:.1f}×", ""])
     if not rows:
         return "_No results yet._"
-    return markdown_table(["target (issue 6)", "goal", "measured", "met"], rows)
+    return markdown_table(["target", "goal", "measured", "met"], rows)
 
 
 def steps_note(docs: dict[str, dict | None]) -> str:

@@ -9,7 +9,7 @@ pixels move (PSNR between the two outputs, share of changed pixel values, PSNR t
 
     python scripts/bf16_vae_decoder.py [--repeats 5] [--level 6]
 
-`--dtype bfloat16` (README, "Precision") casts the UNet too, which makes one-step decoding
+`--dtype bfloat16` (docs/usage.md, "Precision") casts the UNet too, which makes one-step decoding
 faster still but the 20-step/1-step ratio smaller. Run it on an otherwise idle machine.
 """
 

@@ -1,4 +1,4 @@
-"""Importing the original release's oscar.pkl (official-checkpoint.md, cited as §n).
+"""Importing the original release's oscar.pkl (docs/official-checkpoint.md, cited as §n).
 
 The synthetic checkpoints here are written from the reference document alone: the key layout and
 shapes of §2.3 and §3, the three module lists built with the original's rule (§3.1), the peft
@@ -453,11 +453,11 @@ def test_base_must_be_sd21_v(tmp_path, base, pkl):
 
 
 def test_readme_steps(tmp_path, pkl, base, sample_dir, capsys, monkeypatch):
-    """The README's "Stable Diffusion 2.1 and the original checkpoint" commands, as written."""
+    """docs/sd21.md's "Stable Diffusion 2.1 and the original checkpoint" commands, as written."""
     import re
     import shlex
 
-    text = (ROOT / "README.md").read_text().split("<!-- sd21-steps -->", 1)[1]
+    text = (ROOT / "docs" / "sd21.md").read_text().split("<!-- sd21-steps -->", 1)[1]
     block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
     shutil.copytree(base, tmp_path / "stable-diffusion-2-1")
     shutil.copy(pkl, tmp_path / "oscar.pkl")

@@ -72,7 +72,7 @@ def report_dir(tmp_path_factory, tiny_model_dir, sample_dir, isolated_caches):
         "--baselines",
         "jpeg,webp",
         "--metrics",
-        "psnr,ms_ssim,lpips_alex",
+        "psnr,ms_ssim,colour_shift,lpips_alex",
         "--weights-dir",
         str(weights),
         "--crops",
@@ -112,6 +112,26 @@ def test_eval_writes_every_output(report_dir):
         assert fragment in html
 
 
+def test_report_stands_alone_and_names_every_bd_rate(report_dir):
+    """One file: every image inlined; every metric has a BD-rate or the reason it has none;
+    the colour figure is reported beside PSNR and MS-SSIM; times at sensible precision."""
+    html = (report_dir / "report.html").read_text()
+    sources = re.findall(r"""src=['"]([^'"]*)['"]""", html)
+    assert len(sources) > 20 and all(src.startswith("data:image/") for src in sources)
+    assert "href='rd.png'" not in html and "crops/" not in html
+    rows = list(csv.DictReader((report_dir / "bd_rate.csv").open()))
+    assert {r["metric"] for r in rows} == {"psnr", "ms_ssim", "colour_shift", "lpips_alex"}
+    assert all(r["bd_rate_percent"] or r["note"] for r in rows)
+    for r in rows:
+        if not r["bd_rate_percent"]:
+            assert f"n/a: {r['note']}" in html
+    assert "colour shift" in html
+    from oscar.evaluation.report import _fmt_metric, _fmt_ms
+
+    assert [_fmt_ms(s) for s in (5.882831, 0.0123456, 0.00045)] == ["5880", "12.3", "0.45"]
+    assert _fmt_metric("psnr", 23.456789) == "23.46" and _fmt_metric("ms_ssim", 0.9) == "0.9000"
+
+
 def test_rates_are_real_bytes(report_dir, tiny_codec, sample_dir):
     records = json.loads((report_dir / "per_image.json").read_text())
     ours = [r for r in records if r["codec"] == "oscar"]
@@ -123,7 +143,7 @@ def test_rates_are_real_bytes(report_dir, tiny_codec, sample_dir):
         assert r["overhead_bytes"] == bitstream.read(data).overhead_bytes
     for r in ours:
         assert r["bpp"] == r["bytes"] * 8 / (r["height"] * r["width"])
-        assert set(r["metrics"]) == {"psnr", "ms_ssim", "lpips_alex"}
+        assert set(r["metrics"]) == {"psnr", "ms_ssim", "colour_shift", "lpips_alex"}
     matched = [r for r in records if r["kind"] == "matched"]
     for r in ours:
         for name in ("jpeg", "webp"):
@@ -272,12 +292,13 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     loaded, total = _image_counts(dom)
     assert total > 20 and loaded == total
     assert f"All {total} images loaded" in dom
-    # the check itself works: a missing crop is reported
-    broken = tmp_path / "broken"
-    shutil.copytree(report_dir, broken)
-    (broken / "crops" / "000_L0" / "jpeg.png").unlink()
+    # the check itself works: an image that does not decode is reported
+    broken = tmp_path / "broken.html"
+    page = (report_dir / "report.html").read_text()
+    start = page.index("data:image/png;base64,") + len("data:image/png;base64,")
+    broken.write_text(page[:start] + "bm90IGEgcG5n" + page[start + 40 :])
     dom = _browser(
-        ["--virtual-time-budget=5000", "--dump-dom", (broken / "report.html").as_uri()],
+        ["--virtual-time-budget=5000", "--dump-dom", broken.as_uri()],
         tmp_path,
         "broken",
     ).stdout

@@ -46,7 +46,7 @@ def test_straight_through_gradients_reach_analysis_and_codebook():
 
 @pytest.mark.parametrize("rate", DEFAULT_LADDER, ids=lambda r: f"level{r.level}")
 def test_strided_positions_follow_the_original_layout(rate):
-    """official-checkpoint.md §2.1: which of backbone.0/4/9 and proj.0/4/8 are 5x5 stride 2."""
+    """docs/official-checkpoint.md §2.1: which of backbone.0/4/9 and proj.0/4/8 are 5x5 stride 2."""
     coder = HyperCoder(rate, HyperConfig(8, 8, 4))
     stages = rate.num_stride2_stages
     expected = [stages >= 3, stages >= 2, stages >= 1]

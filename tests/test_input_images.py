@@ -1,6 +1,6 @@
-"""Every kind of input image gets its documented behaviour (README "Input images", oscar.io):
-converted, or refused with one clear ImageError naming the file. Nothing is decoded before the
-size is checked from the header."""
+"""Every kind of input image gets its documented behaviour (docs/usage.md "Inputs and outputs",
+oscar.io): converted, or refused with one clear ImageError naming the file. Nothing is decoded
+before the size is checked from the header."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_sd21_targets_are_the_258_modules_of_appendix_a(sd21_config, sd21_unet_m
             assert list(sd21_unet_meta.get_submodule(name).weight.shape) == base
             assert list(shapes[f"{LORA_PREFIX}{name}.lora_A.weight"]) == a
             assert list(shapes[f"{LORA_PREFIX}{name}.lora_B.weight"]) == b
-    # official-checkpoint.md §3.1: 16,222,848 LoRA parameters in all
+    # docs/official-checkpoint.md §3.1: 16,222,848 LoRA parameters in all
     assert sum(torch.Size(s).numel() for s in shapes.values()) == 16_222_848
 
 
@@ -138,7 +138,8 @@ def test_merge_equals_unmerged_peft_forward(tiny_unet):
 
 
 def test_merge_formulas_on_single_layers():
-    """official-checkpoint.md §3.2, written out: Linear W + s·BA; Conv W + s·Σ_r B[o,r]A[r,i]."""
+    """docs/official-checkpoint.md §3.2, written out: Linear W + s·BA;
+    Conv W + s·Σ_r B[o,r]A[r,i]."""
     g = torch.Generator().manual_seed(0)
     s = 0.5
     lin, conv = nn.Linear(6, 5), nn.Conv2d(4, 3, 3, stride=2, padding=1)

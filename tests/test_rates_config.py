@@ -13,7 +13,7 @@ from oscar.config import ModelConfig
 from oscar.errors import ConfigError
 from oscar.rates import DEFAULT_LADDER, RateLevel, nearest_level_by_bpp
 
-# method.md §2: (f, K) per level and the token grid of a 512×512 image.
+# docs/method.md §2: (f, K) per level and the token grid of a 512×512 image.
 EXPECTED_512 = {0: 8, 1: 16, 2: 32, 3: 32, 4: 64, 5: 64, 6: 64, 7: 64}
 
 
@@ -60,8 +60,11 @@ def test_bits_per_index_is_ceil_log2():
 
 def test_nearest_level_by_bpp():
     assert nearest_level_by_bpp(DEFAULT_LADDER, 0.03).level == 2
-    assert nearest_level_by_bpp(DEFAULT_LADDER, 1.0).level == 7
-    assert nearest_level_by_bpp(DEFAULT_LADDER, 0.0001).level == 0
+    assert nearest_level_by_bpp(DEFAULT_LADDER, 0.13).level == 7  # 10 % above the top: level 7
+    assert nearest_level_by_bpp(DEFAULT_LADDER, 0.0019).level == 0
+    for outside in (1.0, 0.0001):  # an error naming the range, not a silent clamp
+        with pytest.raises(ConfigError, match=r"0\.001953 to 0\.125 bpp"):
+            nearest_level_by_bpp(DEFAULT_LADDER, outside)
     with pytest.raises(ConfigError):
         nearest_level_by_bpp(DEFAULT_LADDER, 0)
 

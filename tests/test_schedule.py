@@ -35,7 +35,7 @@ def test_x0_matches_diffusers(prediction_type, timestep):
 
 
 def test_original_release_alpha_bars():
-    """official-checkpoint.md §5: ᾱ_t of the SD 2.1 schedule at the original timesteps."""
+    """docs/official-checkpoint.md §5: ᾱ_t of the SD 2.1 schedule at the original timesteps."""
     schedule = NoiseSchedule.from_config({**SD_SCHEDULE, "prediction_type": "v_prediction"})
     assert schedule.alpha_bar(500) == pytest.approx(0.27633247, abs=1e-7)
     assert schedule.alpha_bar(150) == pytest.approx(0.82781136, abs=1e-7)

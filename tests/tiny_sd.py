@@ -28,7 +28,8 @@ LORA = LoraSettings(rank=2, alpha=3.0, target_modules=tuple(SD21["lora"]["target
 
 
 # The original release's three LoRA adapters and its `initialize_unet` module selection
-# (official-checkpoint.md §3.1), re-implemented here as an oracle independent of oscar.models.lora.
+# (docs/official-checkpoint.md §3.1), re-implemented here as an oracle independent of
+# oscar.models.lora.
 ADAPTERS = ("default_encoder", "default_decoder", "default_others")
 
 

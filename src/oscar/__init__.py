@@ -12,7 +12,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["EncodedImage", "OscarCodec", "__version__"]
+__all__ = ["EncodedImage", "OscarCodec", "__version__", "sample_image_path"]
+
+
+def sample_image_path():
+    """Path of the sample image shipped in the package (768 × 512 PNG), for examples and
+    ``oscar demo``; works from an installed package as from a checkout."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    return Path(str(files("oscar").joinpath("assets", "sample.png")))
 
 
 def __getattr__(name: str):

@@ -55,7 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command in sub.choices.values():  # the global flags also work after the subcommand
+        add_global_flags(command)
     return parser
+
+
+def add_global_flags(parser: argparse.ArgumentParser) -> None:
+    """``--version`` and ``-v`` on a subcommand's parser: ``oscar compress ... -v`` works as
+    ``oscar -v compress ...`` does (the two counts add up)."""
+    parser.add_argument("--version", action="version", version=f"oscar {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest="verbose_after",
+        help="more logging (-vv for debug); also accepted before the subcommand",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return int(exc.code or 0)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    verbose = args.verbose + getattr(args, "verbose_after", 0)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)

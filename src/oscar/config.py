@@ -44,7 +44,8 @@ def _check_keys(kind: str, data: dict[str, Any], allowed: set[str], required: se
 
 @dataclass(frozen=True)
 class HyperConfig:
-    """Widths of the per-level hyper-coders (method.md §3; the original: N=192, M=320, d=32)."""
+    """Widths of the per-level hyper-coders (docs/method.md §3; the original: N=192, M=320,
+    d=32)."""
 
     hidden_channels: int = 192
     feature_channels: int = 320

@@ -1,7 +1,7 @@
 """Import the original release's checkpoint (``oscar.pkl``) as an OSCAR model directory.
 
 The original (jp-guo/OSCAR, HEAD of 2025-10-19) saves one ``torch.save`` dict; its layout is
-documented in ``shared/reference/official-checkpoint.md`` (cited as §n below)::
+documented in ``docs/official-checkpoint.md`` (cited as §n below)::
 
     hyper_encoders      "{level}.backbone.…", "{level}.proj.…", "{level}.quantizer.…"   8 levels
     embeddings          (77, 1024) learned prompt

@@ -30,30 +30,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from oscar.errors import ModelError
+from oscar.model_files import public_config, read_json
 from oscar.safe_build import build_on_meta, state_problems
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 WEIGHTS_FILE = f"{WEIGHTS_NAME}.safetensors"
 VARIANTS = ("fp16", "bf16")
-
-
-def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A diffusers config without its bookkeeping keys (``_class_name``, ``_diffusers_version``)."""
-    return {k: v for k, v in config.items() if not k.startswith("_")}
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelError(f"{what} is missing: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError, bad UTF-8 and integers of over 4300 digits;
-        # RecursionError, nesting too deep for the parser.
-        raise ModelError(f"{what} at {path} is not readable JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{what} at {path} must hold a JSON object")
-    return data
 
 
 _DTYPES = {

@@ -13,18 +13,18 @@ that produced the indices.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import constriction
 import numpy as np
 
+from oscar.coder_ids import CODER_NAMES, FIXED_CODER_ID, PRIOR_CODER_ID  # noqa: F401 (re-exported)
 from oscar.errors import MalformedError, ModelError
-from oscar.priors import IndexPriors
 from oscar.rates import RateLevel
 
-FIXED_CODER_ID = 0
-PRIOR_CODER_ID = 1
-CODER_NAMES = {FIXED_CODER_ID: "fixed", PRIOR_CODER_ID: "entropy"}
+if TYPE_CHECKING:  # oscar.priors imports torch; `oscar info FILE` parses headers without it
+    from oscar.priors import IndexPriors
+
 
 # constriction's default range coder quantises probabilities to 24 bits, so no symbol costs
 # more than 24 bits; the bound below is checked before any decoding work.

@@ -21,6 +21,19 @@ IMAGE_SUFFIXES = (
 )
 OSCAR_SUFFIX = ".oscar"
 
+# What `oscar decompress` and oscar.io.save_image can write: suffix -> Pillow format name.
+OUTPUT_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".ppm": "PPM",
+    ".pgm": "PPM",
+}
+
 
 def find_files(
     inputs: Iterable[str | Path], suffixes: Iterable[str] = IMAGE_SUFFIXES

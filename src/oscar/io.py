@@ -374,17 +374,9 @@ def write_bytes_atomic(path: str | Path, data: bytes, force: bool = False) -> No
 def save_image(image: np.ndarray, path: str | Path, force: bool = False) -> None:
     """Write (H, W, 3) or (H, W) uint8 atomically in the format its suffix names."""
     path = Path(path)
-    fmt = {
-        ".jpg": "JPEG",
-        ".jpeg": "JPEG",
-        ".webp": "WEBP",
-        ".bmp": "BMP",
-        ".tif": "TIFF",
-        ".tiff": "TIFF",
-        ".ppm": "PPM",
-        ".pgm": "PPM",
-        ".png": "PNG",
-    }.get(path.suffix.lower())
+    from oscar.filetypes import OUTPUT_FORMATS
+
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: unsupported output format {path.suffix!r} (use .png)")
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}

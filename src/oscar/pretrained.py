@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
@@ -55,6 +54,22 @@ from oscar.diffusers_io import (
 )
 from oscar.errors import ConfigError, ModelError
 from oscar.io import give_usual_permissions
+from oscar.model_files import (  # the parts that read no weights (no torch, no diffusers)
+    BASE_MODEL_ENV,  # noqa: F401 (re-exported)
+    FINGERPRINT_BYTES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    PARTS_FILE,
+    PRIORS_FILE,
+    SCHEDULER_FILE,
+    WEIGHTS_FILE,
+    _base_folder,
+    _read_meta,
+    embedded_model_dir,  # noqa: F401 (re-exported)
+    read_config,
+    resolve_model_dir,  # noqa: F401 (re-exported)
+)
 from oscar.models.lora import (
     LORA_PREFIX,
     UnetAdapter,
@@ -73,19 +88,8 @@ from oscar.models.vae_decoder import build_vae, vae_class
 from oscar.priors import IndexPriors
 from oscar.safe_build import check_buildable
 
-MODEL_FILE = "oscar.json"
-PARTS_FILE = "oscar.safetensors"
-PRIORS_FILE = "priors.safetensors"
-WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
-SCHEDULER_FILE = "scheduler_config.json"
-FORMAT_NAME = "oscar-model"
-FORMAT_VERSION = 1
-BASE_MODEL_ENV = "OSCAR_BASE_MODEL"
-FINGERPRINT_BYTES = 4
-
 # Config fields that describe but do not change decoding.
 _DESCRIPTIVE = {"name", "base_model"}
-_BASE_PARTS = (("vae", "VAE"), ("unet", "UNet"), ("scheduler", "scheduler"))
 
 logger = logging.getLogger(__name__)
 
@@ -353,97 +357,6 @@ def write_model_config(directory: str | Path, config: ModelConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- load
-def _read_meta(directory: Path) -> dict[str, Any]:
-    meta = read_json(directory / MODEL_FILE, "model description")
-    if meta.get("format") != FORMAT_NAME:
-        raise ModelError(f"{directory / MODEL_FILE} is not an OSCAR model description")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelError(
-            f"{directory}: model format version {meta.get('format_version')} is not supported "
-            f"(this build reads version {FORMAT_VERSION})"
-        )
-    if not isinstance(meta.get("config"), dict):
-        raise ModelError(f"{directory / MODEL_FILE} has no 'config' object")
-    return meta
-
-
-def _check_base_configs(
-    directory: Path, base: Path, expected: Any, found: Mapping[str, Mapping[str, Any]]
-) -> None:
-    """Refuse a base folder whose configs differ from those the model was made with."""
-    if not isinstance(expected, dict):
-        raise ModelError(f"{directory / MODEL_FILE}: 'base' must be an object")
-    for key, what in _BASE_PARTS:
-        want = expected.get(key)
-        if not isinstance(want, dict):
-            raise ModelError(f"{directory / MODEL_FILE}: 'base.{key}' must be an object")
-        have = _public(found[key])
-        diffs = [
-            f"{k} {have[k]!r} (expected {want[k]!r})"
-            for k in sorted(set(want) & set(have))
-            if have[k] != want[k] and not (isinstance(want[k], list) and tuple(want[k]) == have[k])
-        ]
-        if diffs:
-            raise ModelError(
-                f"base model {base}: its {what} config differs from the one {directory} was "
-                f"made for: {', '.join(diffs[:4])}" + (" …" if len(diffs) > 4 else "")
-            )
-
-
-def read_config(directory: str | Path, base_model: str | Path | None = None) -> ModelConfig:
-    """The full ModelConfig of a model directory, without reading any weights."""
-    directory = Path(directory)
-    meta = _read_meta(directory)
-    data = dict(meta["config"])
-    if not isinstance(data.get("base_model"), (str, type(None))):
-        raise ModelError(f"{directory / MODEL_FILE}: base_model must be a path or null")
-    base = _base_folder(directory, data.get("base_model"), base_model)
-    if base == directory and not (directory / "unet").is_dir() and "base" in meta:
-        raise ModelError(
-            f"{directory} uses a base model (Stable Diffusion folder with vae/, unet/, "
-            f"scheduler/); pass --base-model DIR or set {BASE_MODEL_ENV}"
-        )
-    found = {
-        "vae": read_json(base / "vae" / "config.json", "VAE config"),
-        "unet": read_json(base / "unet" / "config.json", "UNet config"),
-        "scheduler": read_json(base / "scheduler" / SCHEDULER_FILE, "scheduler config"),
-    }
-    if "base" in meta:
-        _check_base_configs(directory, base, meta["base"], found)
-    # The VAE's class is kept: two autoencoder classes exist (oscar.models.vae_decoder.vae_class).
-    vae_class_name = found["vae"].get("_class_name", "AutoencoderKL")
-    data["vae"] = {**_public(found["vae"]), "_class_name": vae_class_name}
-    data["unet"] = _public(found["unet"])
-    data["scheduler"] = found["scheduler"]
-    try:
-        return ModelConfig.from_dict(data)
-    except ConfigError as exc:
-        raise ModelError(f"{directory}: {exc}") from exc
-
-
-def _base_folder(directory: Path, configured: str | None, given: str | Path | None) -> Path:
-    """Where vae/unet/scheduler live: the given base, $OSCAR_BASE_MODEL, the config's, or here."""
-    if given is not None:
-        base = Path(given)
-        where = "--base-model"
-    elif os.environ.get(BASE_MODEL_ENV) and configured is not None:
-        base = Path(os.environ[BASE_MODEL_ENV])
-        where = f"${BASE_MODEL_ENV}"
-    elif configured is not None:
-        base = Path(configured)
-        if not base.is_absolute():
-            base = directory / base
-        where = f"{directory / MODEL_FILE}"
-    else:
-        return directory
-    if not base.is_dir():
-        raise ModelError(
-            f"base model folder {base} (from {where}) does not exist; pass --base-model DIR "
-            f"(a diffusers folder with vae/, unet/, scheduler/) or set {BASE_MODEL_ENV}"
-        )
-    return base
-
-
 def _part_dtypes(model: OscarModel, dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
     """(UNet dtype, VAE dtype) for an inference dtype.
 
@@ -594,21 +507,3 @@ def model_on_base(config: ModelConfig, base_model: str | Path, seed: int = 0) ->
     except (ConfigError, ValueError, TypeError, RuntimeError) as exc:
         raise ModelError(f"cannot build {config.name} on the base model {base}: {exc}") from exc
     return torch.nn.Module.to(model, dtype=torch.float32)
-
-
-def embedded_model_dir() -> Path:
-    """The model shipped inside the package (``oscar/weights/small``)."""
-    return Path(__file__).parent / "weights" / "small"
-
-
-def resolve_model_dir(model: str | Path | None) -> Path:
-    """The ``--model`` given, or the embedded model; a clear error when neither exists."""
-    if model is not None:
-        return Path(model)
-    path = embedded_model_dir()
-    if not (path / MODEL_FILE).is_file():
-        raise ModelError(
-            "this build has no embedded model; pass --model DIR "
-            "(make one with `oscar init configs/small.json -o DIR`)"
-        )
-    return path

@@ -1,4 +1,4 @@
-"""Per-level index priors as integer frequency tables (method.md §6.8).
+"""Per-level index priors as integer frequency tables (docs/method.md §6.8).
 
 A prior is an int32 table of K frequencies, each at least 1, summing to at most 2**16. The
 entropy coder turns it into probabilities by exact division, so encoder and decoder agree bit

@@ -3,7 +3,7 @@
 A level codes the scaled VAE latent as a grid of vector-quantised indices, one token per
 ``grid_factor`` × ``grid_factor`` image pixels, each an index into a codebook of
 ``codebook_size`` entries. Fixed-length coding therefore costs ``log2(K) / f²`` bits per pixel
-(the *nominal* rate, method.md §2); the entropy coder usually does better, and the file's real
+(the *nominal* rate, docs/method.md §2); the entropy coder usually does better, and the file's real
 rate is always measured from its bytes.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from oscar.errors import ConfigError
 
-# The VAE of every configuration downsamples the image by 8 (method.md §1).
+# The VAE of every configuration downsamples the image by 8 (docs/method.md §1).
 VAE_FACTOR = 8
 ALLOWED_GRID_FACTORS = (8, 16, 32, 64)
 
@@ -29,7 +29,7 @@ class RateLevel:
         grid_factor: image pixels per token side (8, 16, 32 or 64).
         codebook_size: number of codewords K (2 or more).
         timestep: pseudo-timestep t at which the decoded latent is denoised in one step.
-        cosine: measured mean cosine between decoded and true latents (method.md §4),
+        cosine: measured mean cosine between decoded and true latents (docs/method.md §4),
             ``None`` until calibrated.
     """
 
@@ -97,7 +97,7 @@ class RateLevel:
         return replace(self, cosine=float(cosine), timestep=int(timestep))
 
 
-# The eight levels of method.md §2, with the original release's hand-set timesteps as the
+# The eight levels of docs/method.md §2, with the original release's hand-set timesteps as the
 # starting point; `oscar calibrate` replaces them with measured values.
 DEFAULT_LADDER: tuple[RateLevel, ...] = (
     RateLevel(0, 64, 256, 500),
@@ -124,4 +124,15 @@ def nearest_level_by_bpp(levels: tuple[RateLevel, ...], bpp: float) -> RateLevel
     """The level whose nominal rate is nearest to ``bpp`` (ties go to the lower rate)."""
     if not bpp > 0:
         raise ConfigError(f"--bpp must be positive, got {bpp}")
+    lo = min(lv.nominal_bpp for lv in levels)
+    hi = max(lv.nominal_bpp for lv in levels)
+    if not lo / BPP_TOLERANCE <= bpp <= hi * BPP_TOLERANCE:
+        raise ConfigError(
+            f"--bpp {bpp:g} is outside this model's range, {lo:.4g} to {hi:.4g} bpp (nominal; "
+            f"10 % either side is accepted): use --level, or --max-bytes for a size limit"
+        )
     return min(levels, key=lambda lv: (abs(lv.nominal_bpp - bpp), lv.nominal_bpp))
+
+
+# How far outside the nominal range a --bpp may lie and still pick the nearest level.
+BPP_TOLERANCE = 1.1

@@ -19,7 +19,7 @@ from oscar.commands.common import (
     run_batch,
 )
 from oscar.errors import ConfigError
-from oscar.filetypes import IMAGE_SUFFIXES
+from oscar.filetypes import IMAGE_SUFFIXES, OUTPUT_FORMATS
 from oscar.filetypes import OSCAR_SUFFIX as FILE_SUFFIX
 from oscar.stages import DECODE_STAGES, ENCODE_STAGES
 
@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compress images to .oscar files",
         formatter_class=HelpFormatter,
         description="Compress image files (or folders of images, searched recursively). "
-        "With one input file, -o names the output file; otherwise -o is a folder.",
+        "With one input file, -o names the output file (not with an image suffix: it holds "
+        ".oscar bytes); otherwise -o is a folder.",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
@@ -47,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--bpp",
         type=float,
         default=None,
-        help="pick the level whose nominal bits per pixel is nearest",
+        help="pick the level whose nominal bits per pixel is nearest; outside the model's range "
+        "(10 %% either side accepted) it is an error naming the range",
     )
     rate.add_argument(
         "--max-bytes",
@@ -74,8 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="decompress .oscar files to images",
         formatter_class=HelpFormatter,
         description="Decompress .oscar files (or folders of them). With one input file, -o "
-        "names the output image (format from its suffix, PNG by default); otherwise -o is a "
-        "folder of PNGs.",
+        "names the output image, whose suffix picks the format (.png, .jpg, .webp, .bmp, .tif, "
+        ".ppm); otherwise -o is a folder of PNGs.",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help=".oscar files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
@@ -87,24 +89,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_decompress)
 
 
-def _choose_level(args: argparse.Namespace, codec) -> int:
+def check_compress_args(args: argparse.Namespace) -> tuple[list[Job], int | None]:
+    """Everything compress can check before torch, diffusers or the model load: inputs that
+    exist, outputs that are not named as images, the encoder effort, and the level (or the
+    level --bpp picks) against the model's rate table. Returns the jobs and the level (None
+    with --max-bytes, which picks one per image)."""
+    from oscar.effort import check_effort
+    from oscar.model_files import read_config, resolve_model_dir
     from oscar.rates import nearest_level_by_bpp
 
+    jobs = plan_outputs(args.inputs, args.output, IMAGE_SUFFIXES, FILE_SUFFIX)
+    _check_sources(jobs)
+    for job in jobs:
+        if job.target.suffix.lower() in IMAGE_SUFFIXES:
+            raise ConfigError(
+                f"{job.target}: compress writes {FILE_SUFFIX} files, not images; name the "
+                f"output {job.target.with_suffix(FILE_SUFFIX).name}"
+            )
+    _refuse_existing(jobs, args.force)
+    check_effort(args.effort)
+    config = read_config(resolve_model_dir(args.model), args.base_model)
+    if args.max_bytes is not None:
+        return jobs, None
     if args.level is not None:
-        codec.rate(args.level)  # unknown level: clear error
-        return args.level
+        return jobs, config.level(args.level).level  # unknown level: one clear error
     if args.bpp is not None:
-        return nearest_level_by_bpp(codec.levels, args.bpp).level
-    return max(codec.levels, key=lambda lv: lv.nominal_bpp).level
+        return jobs, nearest_level_by_bpp(config.levels, args.bpp).level
+    return jobs, max(config.levels, key=lambda lv: lv.nominal_bpp).level
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    jobs, level = check_compress_args(args)  # before any heavy import
     from oscar.io import write_bytes_atomic
 
-    jobs = plan_outputs(args.inputs, args.output, IMAGE_SUFFIXES, FILE_SUFFIX)
-    _refuse_existing(jobs, args.force)
     codec = load_codec(args)
-    level = None if args.max_bytes is not None else _choose_level(args, codec)
 
     def work(job: Job) -> str:
         source = codec.prepare_image(job.source)
@@ -120,11 +138,38 @@ def run_compress(args: argparse.Namespace) -> int:
     return run_batch(jobs, work, "compressing", ENCODE_STAGES)
 
 
-def run_decompress(args: argparse.Namespace) -> int:
-    from oscar.io import save_image
+def check_decompress_args(args: argparse.Namespace) -> list[Job]:
+    """What decompress can check before the model loads: inputs that exist, outputs in an image
+    format (by suffix), existing outputs, and a model directory that reads."""
+    from oscar.model_files import read_config, resolve_model_dir
 
     jobs = plan_outputs(args.inputs, args.output, (FILE_SUFFIX,), ".png")
+    _check_sources(jobs)
+    for job in jobs:
+        if job.target.suffix.lower() not in OUTPUT_FORMATS:
+            raise ConfigError(
+                f"{job.target}: decompress writes images; give the output one of the suffixes "
+                f"{', '.join(OUTPUT_FORMATS)} (e.g. {job.target.with_suffix('.png').name})"
+            )
     _refuse_existing(jobs, args.force)
+    read_config(resolve_model_dir(args.model), args.base_model)
+    return jobs
+
+
+def _check_sources(jobs: list[Job]) -> None:
+    """Inputs named on the command line that do not exist (files found in folders do)."""
+    missing = [str(j.source) for j in jobs if not j.source.exists()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise ConfigError(f"{shown}: no such file")
+
+
+def run_decompress(args: argparse.Namespace) -> int:
+    jobs = check_decompress_args(args)  # before any heavy import
+    from oscar.io import save_image
+
     codec = load_codec(args)
 
     def work(job: Job) -> str:

@@ -114,25 +114,41 @@ def positive_int(text: str) -> int:
 
 
 def load_codec(args: argparse.Namespace):
-    """An OscarCodec from the common model options (imports torch lazily)."""
-    from oscar.allocator import tune_cpu_allocator
-    from oscar.bitstream import Limits
-    from oscar.codec import OscarCodec
-    from oscar.tiling import parse_memory
+    """An OscarCodec from the common model options (imports torch lazily), with a status line
+    on a terminal while torch, diffusers and the weights load."""
+    with loading_status(args.model):
+        from oscar.allocator import tune_cpu_allocator
+        from oscar.bitstream import Limits
+        from oscar.codec import OscarCodec
+        from oscar.tiling import parse_memory
 
-    tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.allocator)
-    limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
-    max_memory = getattr(args, "max_memory", None)
-    return OscarCodec.from_pretrained(
-        args.model,
-        device=args.device,
-        base_model=args.base_model,
-        limits=limits,
-        dtype=getattr(args, "dtype", "auto"),
-        tile_size=getattr(args, "tile_size", None),
-        max_memory=None if max_memory is None else parse_memory(max_memory),
-        effort=getattr(args, "effort", DEFAULT_EFFORT),
-    )
+        tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.allocator)
+        limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
+        max_memory = getattr(args, "max_memory", None)
+        return OscarCodec.from_pretrained(
+            args.model,
+            device=args.device,
+            base_model=args.base_model,
+            limits=limits,
+            dtype=getattr(args, "dtype", "auto"),
+            tile_size=getattr(args, "tile_size", None),
+            max_memory=None if max_memory is None else parse_memory(max_memory),
+            effort=getattr(args, "effort", DEFAULT_EFFORT),
+        )
+
+
+@contextmanager
+def loading_status(model: str | None) -> Iterator[None]:
+    """On a terminal, one status line on stderr while the model (and torch) load; erased after."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    what = f"model {model}" if model else "the embedded model"
+    print(f"oscar: loading {what} …", end="", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
 def read_input_file(path: Path, max_bytes: int) -> bytes:

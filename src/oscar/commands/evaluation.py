@@ -43,8 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--metrics",
-        default="psnr,ms_ssim,lpips_alex,lpips_vgg,dists,fid,kid",
-        help="comma-separated: psnr, ms_ssim, lpips_alex, lpips_vgg, dists, fid, kid, fid_whole",
+        default="psnr,ms_ssim,colour_shift,lpips_alex,lpips_vgg,dists,fid,kid",
+        help="comma-separated: psnr, ms_ssim, colour_shift, lpips_alex, lpips_vgg, dists, fid, "
+        "kid, fid_whole",
     )
     p.add_argument(
         "--anchor",
@@ -146,7 +147,41 @@ def _environment(device) -> dict[str, str]:
     return info
 
 
+def check_eval_extras(args: argparse.Namespace) -> None:
+    """Before any work: the [eval] extras this run needs (the baselines need imagecodecs; the
+    plots matplotlib; the BD-rates bjontegaard)."""
+    from oscar.extras import require_extra
+
+    modules = ["matplotlib", "bjontegaard"]
+    if args.baselines.strip().lower() != "none":
+        modules.insert(0, "imagecodecs")
+    require_extra("eval", "oscar eval", modules)
+
+
+def check_eval_args(args: argparse.Namespace) -> None:
+    """Before torch or the model load: OUT, the data paths, the baseline names and the levels
+    against the model's rate table."""
+    from oscar.commands.models import parse_levels
+    from oscar.evaluation.baselines import get_baselines
+    from oscar.filetypes import find_files
+    from oscar.model_files import read_config, resolve_model_dir
+
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
+    missing = [d for d in args.data if not Path(d).exists()]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: no such file or folder")
+    if not find_files(args.data):
+        raise ConfigError("no images found in " + ", ".join(args.data))
+    get_baselines(args.baselines)
+    config = read_config(resolve_model_dir(args.model), args.base_model)
+    parse_levels(args.levels, config.level_numbers)
+
+
 def run_eval(args: argparse.Namespace) -> int:
+    check_eval_extras(args)
+    check_eval_args(args)
     import datetime
 
     from oscar.commands.common import load_codec

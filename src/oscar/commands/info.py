@@ -88,7 +88,7 @@ def describe_file(data: bytes, config, limits) -> dict:
 def _print_files(args: argparse.Namespace) -> int:
     from oscar.bitstream import Limits
     from oscar.errors import ConfigError, OscarError
-    from oscar.pretrained import MODEL_FILE, read_config, resolve_model_dir
+    from oscar.model_files import MODEL_FILE, read_config, resolve_model_dir  # no torch
 
     limits = Limits(max_pixels=args.max_pixels)
     try:

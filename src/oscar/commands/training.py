@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure each level's cosine and set its pseudo-timestep",
         formatter_class=HelpFormatter,
         description="Measure the mean cosine between decoded and true latents per level on "
-        "held-out images and set t = argmin |sqrt(alpha_bar_t) - cosine| (method.md §4); both "
+        "held-out images and set t = argmin |sqrt(alpha_bar_t) - cosine| (docs/method.md §4); both "
         "are written into MODEL's rate table. This changes the model's fingerprint.",
     )
     p.add_argument("model_dir", metavar="MODEL")
@@ -82,12 +82,16 @@ def _stage_index(config, text: str | None) -> int | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from oscar.extras import require_extra
+
+    require_extra("train", "oscar train")  # before any work
     from oscar.training.config import TRAINING_KINDS, TrainConfig
     from oscar.training.recipe import run_recipe
 
     config = TrainConfig.load(args.recipe)
     if args.output_dir:
         config = replace(config, output_dir=args.output_dir)
+    check_train_data(config, args.recipe)
     if args.max_steps is not None:
         if args.max_steps < 1:
             raise ConfigError("--max-steps must be >= 1")
@@ -110,6 +114,19 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     print(f"model written to {final}")
     return 0
+
+
+def check_train_data(config, recipe: str) -> None:
+    """Before torch loads and before any stage folder is made: the recipe's image folders."""
+    from pathlib import Path
+
+    folders = [*config.data.train, *config.data.validation]
+    missing = [f for f in folders if not Path(f).exists()]
+    if missing:
+        raise ConfigError(
+            f"data folder(s) not found: {', '.join(missing)} (the header of {recipe} says "
+            "how to make them)"
+        )
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

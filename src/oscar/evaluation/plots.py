@@ -1,9 +1,11 @@
 """Rate–distortion plots: one panel per metric, PNG and SVG (matplotlib's Agg renderer).
 
-Lines are each codec's curve (:func:`oscar.evaluation.bdrate.curves`): ours per level, the
-baselines' sweeps. Crosses are the baselines' points matched to our rate; a dashed line is a
-down-scaled variant (tried only on images where the full-size codec cannot reach our rate, so its
-crosses may average a few images and only means over every image are joined into its line).
+Each metric gets two panels: one fitted to our range of rates, one with every point. Lines are
+each codec's curve (:func:`oscar.evaluation.bdrate.curves`): ours per level, the baselines'
+sweeps. Crosses are the baselines' points matched to our rate; a dashed line with hollow squares
+(2×) or triangles (4×) is a down-scaled variant (tried only on images where the full-size codec
+cannot reach our rate, so its crosses may average a few images and only means over every image
+are joined into its line).
 Numbers from a user's CSV of published results (``--published``) are drawn as hollow markers
 labelled "published, not re-measured". The x axis is bpp on a log scale.
 
@@ -67,6 +69,35 @@ def _colours(codecs: Sequence[str]) -> dict[str, str]:
     return {c: colours[c.split("-down")[0]] for c in codecs}
 
 
+def _marker(codec: str) -> str:
+    """Circles for full-size codecs, squares for 2× down-scaled variants, triangles for 4×."""
+    if "-down" not in codec:
+        return "o"
+    factor = codec.rsplit("-down", 1)[1]
+    return {"2": "s", "4": "^"}.get(factor, "D")
+
+
+def _our_window(
+    aggregates: Sequence[Aggregate], metric: str
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """(x limits, y limits) around our own points: bpp from half our lowest to twice our
+    highest, the metric over every point (any codec) inside those rates, with a margin."""
+    ours = [a.bpp for a in aggregates if a.codec == "oscar" and a.bpp > 0]
+    if not ours:
+        return None
+    x0, x1 = min(ours) / 2, max(ours) * 2
+    ys = [
+        a.all_metrics.get(metric)
+        for a in aggregates
+        if x0 <= a.bpp <= x1 and _ok(a.all_metrics.get(metric))
+    ]
+    if not ys:
+        return None
+    lo, hi = min(ys), max(ys)
+    pad = (hi - lo) * 0.08 or abs(hi) * 0.05 or 1.0
+    return (x0, x1), (lo - pad, hi + pad)
+
+
 def plot_rd(
     aggregates: Sequence[Aggregate],
     metrics: Sequence[str],
@@ -74,9 +105,13 @@ def plot_rd(
     published: Sequence[PublishedPoint] = (),
     title: str = "",
 ) -> list[Path]:
-    """Write ``OUT_STEM.png`` and ``OUT_STEM.svg``; returns their paths (none if no data)."""
+    """Write ``OUT_STEM.png`` and ``OUT_STEM.svg``; returns their paths (none if no data).
+
+    Two panels per metric: the left one fitted to our range of rates (so that our curve is not
+    squeezed into a corner by baselines that reach 2 bpp), the right one with every point."""
     # A bare Figure renders with the Agg canvas and touches no global backend state (no pyplot).
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     panels = [
         m
@@ -88,62 +123,30 @@ def plot_rd(
         return []
     by_codec = curves(aggregates)
     colours = _colours(list({a.codec for a in aggregates} | {p.codec for p in published}))
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(5.2 * cols, 4.0 * rows + 1.2), layout="constrained")
+    rows = len(panels)
+    fig = Figure(figsize=(10.4, 3.6 * rows + 1.2), layout="constrained")
     for i, metric in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        for codec, points in by_codec.items():
-            xy = [(a.bpp, a.all_metrics.get(metric)) for a in points]
-            xy = [(x, y) for x, y in xy if _ok(y)]
-            if not xy:
-                continue
-            style = "--" if "-down" in codec else "-"
-            width = 2.2 if codec == "oscar" else 1.4
-            ax.plot(
-                *zip(*xy, strict=True),
-                style,
-                marker="o",
-                ms=3.5,
-                lw=width,
-                color=colours[codec],
-                label=codec,
-            )
-        for codec in sorted({a.codec for a in aggregates if a.kind == "matched"}):
-            xy = [
-                (a.bpp, a.all_metrics.get(metric))
-                for a in aggregates
-                if a.kind == "matched" and a.codec == codec
-            ]
-            xy = [(x, y) for x, y in xy if _ok(y)]
-            if xy:  # one legend entry for all of them (added below)
-                ax.plot(*zip(*xy, strict=True), "x", ms=6, color=colours[codec])
-        for codec in sorted({p.codec for p in published if p.metric == metric}):
-            pts = sorted(
-                (p.bpp, p.value) for p in published if p.metric == metric and p.codec == codec
-            )
-            ax.plot(
-                *zip(*pts, strict=True),
-                ":",
-                marker="o",
-                mfc="none",
-                ms=6,
-                color=colours.get(codec, "#7f7f7f"),
-                label=f"{codec} (published, not re-measured)",
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("bits per pixel (measured from bytes)")
-        ax.set_ylabel(LABELS.get(metric, metric))
-        ax.set_title(LABELS.get(metric, metric))
-        ax.grid(True, which="both", alpha=0.3)
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    for ax in fig.axes[1:]:  # entries that only appear in later panels (published numbers)
+        window = _our_window(aggregates, metric)
+        for j, fitted in enumerate((True, False)):
+            ax = fig.add_subplot(rows, 2, 2 * i + j + 1)
+            _draw_metric(ax, metric, aggregates, by_codec, published, colours)
+            ax.set_xscale("log")
+            ax.set_xlabel("bits per pixel (measured from bytes)")
+            ax.set_ylabel(LABELS.get(metric, metric))
+            name = LABELS.get(metric, metric)
+            if fitted and window is not None:
+                ax.set_xlim(*window[0])
+                ax.set_ylim(*window[1])
+                ax.set_title(f"{name}: our range", fontsize=10)
+            else:
+                ax.set_title(f"{name}: all rates", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+    handles, labels = [], []
+    for ax in fig.axes:  # every entry once, whichever panel it first appears in
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    from matplotlib.lines import Line2D
-
     if any(a.kind == "matched" for a in aggregates):
         handles.append(Line2D([], [], ls="", marker="x", color="#444444"))
         labels.append("× matched to our rate (colour = codec; -downN: mean of the images it coded)")
@@ -152,9 +155,48 @@ def plot_rd(
         fig.suptitle(title)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=110)
+    fig.savefig(paths[0], dpi=100)
     fig.savefig(paths[1], metadata={"Date": None})  # no timestamp: same input, same file
     return paths
+
+
+def _draw_metric(ax, metric, aggregates, by_codec, published, colours) -> None:
+    """One metric's curves, matched points and published numbers on ``ax``."""
+    for codec, points in by_codec.items():
+        xy = [(a.bpp, a.all_metrics.get(metric)) for a in points]
+        xy = [(x, y) for x, y in xy if _ok(y)]
+        if not xy:
+            continue
+        ax.plot(
+            *zip(*xy, strict=True),
+            "--" if "-down" in codec else "-",
+            marker=_marker(codec),
+            ms=4.5 if "-down" in codec else 3.5,
+            mfc="white" if "-down" in codec else colours[codec],
+            lw=2.2 if codec == "oscar" else 1.4,
+            color=colours[codec],
+            label=codec,
+        )
+    for codec in sorted({a.codec for a in aggregates if a.kind == "matched"}):
+        xy = [
+            (a.bpp, a.all_metrics.get(metric))
+            for a in aggregates
+            if a.kind == "matched" and a.codec == codec
+        ]
+        xy = [(x, y) for x, y in xy if _ok(y)]
+        if xy:  # one legend entry for all of them (added by plot_rd)
+            ax.plot(*zip(*xy, strict=True), "x", ms=6, color=colours[codec])
+    for codec in sorted({p.codec for p in published if p.metric == metric}):
+        pts = sorted((p.bpp, p.value) for p in published if p.metric == metric and p.codec == codec)
+        ax.plot(
+            *zip(*pts, strict=True),
+            ":",
+            marker="o",
+            mfc="none",
+            ms=6,
+            color=colours.get(codec, "#7f7f7f"),
+            label=f"{codec} (published, not re-measured)",
+        )
 
 
 def _ok(value: float | None) -> bool:

@@ -10,13 +10,16 @@
     crops/NNN_LL/CODEC.png    the same region of image NNN at level LL for every codec
     report.html               tables, plots, crops and a two-reconstruction slider
 
-The HTML needs no network and no server (open it from disk). A small script in it checks on
-load that every image decoded (``img.complete && naturalWidth > 0``), shows a warning line
-otherwise, and records the counts in ``data-images-loaded`` / ``data-images-total`` on <html>.
+``report.html`` stands alone: the plot and every crop are inlined as data URIs, so the one file
+can be mailed or moved without the folder; it needs no network and no server. A small script in
+it checks on load that every image decoded (``img.complete && naturalWidth > 0``), shows a
+warning line otherwise, and records the counts in ``data-images-loaded`` /
+``data-images-total`` on <html>.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import math
@@ -39,6 +42,30 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+def data_uri(path: Path) -> str:
+    """A file as a data URI (PNG or SVG), so that report.html needs no other file."""
+    mime = {".png": "image/png", ".svg": "image/svg+xml"}[path.suffix.lower()]
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+# Decimals per metric in the report: enough to rank codecs, no more than the metric resolves.
+_DECIMALS = {"psnr": 2, "colour_shift": 2, "fid": 2, "fid_whole": 2, "kid": 4}
+
+
+def _fmt_metric(metric: str, value: float | None) -> str:
+    return _fmt(value, _DECIMALS.get(metric, 4))
+
+
+def _fmt_ms(seconds: float | None) -> str:
+    """Milliseconds to three significant digits (5882.831 → 5880; 12.345 → 12.3)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    ms = seconds * 1000
+    if ms >= 100:
+        return f"{round(ms, -len(str(int(ms))) + 3):.0f}"
+    return f"{ms:.3g}"
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
@@ -50,7 +77,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def write_crops(crops: Sequence[CropSet], out_dir: Path) -> list[dict[str, Any]]:
-    """Save crop PNGs; returns, per crop set, its image, level, box and {codec: (path, bpp)}."""
+    """Save crop PNGs; returns, per crop set, its image, level, box and {codec: (data URI,
+    bpp)}."""
     images = sorted({c.image for c in crops})
     index = {name: i for i, name in enumerate(images)}
     out = []
@@ -61,7 +89,7 @@ def write_crops(crops: Sequence[CropSet], out_dir: Path) -> list[dict[str, Any]]
         for codec, array in cs.crops.items():
             path = folder / f"{_safe(codec)}.png"
             Image.fromarray(array).save(path)
-            entries[codec] = (path.relative_to(out_dir).as_posix(), cs.bpp.get(codec))
+            entries[codec] = (data_uri(path), cs.bpp.get(codec))
         out.append({"image": cs.image, "level": cs.level, "box": cs.box, "crops": entries})
     return out
 
@@ -119,7 +147,7 @@ table { border-collapse: collapse; margin: 8px 0 20px; font-size: 12.5px; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f2f2f2; } td.l, th.l { text-align: left; }
 tr.ours td { background: #fff3f0; font-weight: 600; }
-.warn { color: #a40000; font-weight: 600; } .muted { color: #666; }
+.warn { color: #a40000; font-weight: 600; } .muted { color: #666; } .small { font-size: 11px; }
 .meta { color: #444; font-size: 13px; } .plots img { max-width: 100%; border: 1px solid #ddd; }
 .cropset { margin: 10px 0 28px; } .row { display: flex; flex-wrap: wrap; gap: 10px; }
 figure { margin: 0; text-align: center; font-size: 12px; }
@@ -200,10 +228,10 @@ def _aggregate_rows(rows: Sequence[Aggregate], metrics: Sequence[str]) -> tuple[
                 str(a.images),
                 _fmt(a.bpp, 4),
                 _fmt(a.target_bpp, 4),
-                _fmt(a.overhead_bytes_mean, 3),
-                *[_fmt(merged.get(m), 4) for m in metrics],
-                _fmt(a.encode_s * 1000, 3),
-                _fmt(a.decode_s * 1000, 3),
+                _fmt(a.overhead_bytes_mean, 1),
+                *[_fmt_metric(m, merged.get(m)) for m in metrics],
+                _fmt_ms(a.encode_s),
+                _fmt_ms(a.decode_s),
                 status,
             ]
         )
@@ -272,22 +300,29 @@ def render_html(
             for m in bd_metrics:
                 r = lookup.get((m, codec))
                 if r is None or r.percent is None:
-                    cells.append(f"<span class='muted' title='{e(r.note if r else '')}'>n/a</span>")
+                    why = r.note if r is not None and r.note else "no curve"
+                    cells.append(f"<span class='muted small'>n/a: {e(why)}</span>")
                 else:
-                    cells.append(f"{r.percent:+.1f}%" + (" *" if r.note else ""))
+                    note = f"<br><span class='muted small'>{e(r.note)}</span>" if r.note else ""
+                    cells.append(f"{r.percent:+.1f}%{note}")
             bd_rows.append([e(codec), "", *cells])
         parts += [
-            f"<h2>BD-rate against {e(anchor)}</h2>",
+            f"<h2>BD-rate against {e(anchor)}, every metric</h2>",
             f"<p class='meta'>bjontegaard.bd_rate, {METHOD} interpolation of log-rate over the "
-            "metric; negative = fewer bits for the same quality. n/a: see bd_rate.csv for the "
-            "reason (hover). *: partial overlap.</p>",
+            "metric; negative = fewer bits for the same quality. Every metric gets a value "
+            "where the two curves share a range of quality; where they do not (or a curve is "
+            "not monotone), the cell says why. No single column is the verdict: a codec can "
+            "win on structure (MS-SSIM) and lose on colour (colour shift) or pixels (PSNR).</p>",
             _table(["codec", "", *[_metric_header(m) for m in bd_metrics]], bd_rows),
         ]
     if (out_dir / "rd.svg").exists():
         parts += [
             "<h2>Rate–distortion</h2><div class='plots'>",
-            "<img src='rd.svg' alt='rate-distortion plots'>",
-            "<p><a href='rd.png'>PNG</a> · <a href='rd.svg'>SVG</a></p></div>",
+            "<p class='meta'>Left of each pair: the range of our rates; right: every point. "
+            "Circles: a codec at full size; squares and triangles: the same codec on a 2× or 4× "
+            "smaller image, upscaled.</p>",
+            f"<img src='{data_uri(out_dir / 'rd.svg')}' alt='rate-distortion plots'>",
+            "<p class='meta'>Also as files: rd.png, rd.svg.</p></div>",
         ]
     if crops:
         parts.append("<h2>Crops at matched rate</h2>")

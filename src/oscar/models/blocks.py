@@ -1,7 +1,7 @@
-"""Convolutional blocks of the PerCo-style hyper-coder (method.md §3).
+"""Convolutional blocks of the PerCo-style hyper-coder (docs/method.md §3).
 
 Layer order and sub-module names follow the original release exactly
-(shared/reference/official-checkpoint.md §2.2), so that importing its weights is a renaming and
+(docs/official-checkpoint.md §2.2), so that importing its weights is a renaming and
 not a re-implementation.
 """
 

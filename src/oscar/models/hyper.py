@@ -1,4 +1,4 @@
-"""Per-level hyper-coder: analysis g_a, cosine vector quantiser, synthesis g_s (method.md §3).
+"""Per-level hyper-coder: analysis g_a, cosine vector quantiser, synthesis g_s (docs/method.md §3).
 
 ::
 

@@ -1,19 +1,20 @@
-"""LoRA on the UNet: which modules, how it is stored, how it is merged (method.md §5, stage 2).
+"""LoRA on the UNet: which modules, how it is stored, how it is merged (docs/method.md §5, stage 2).
 
 Storage convention (in a model directory's ``oscar.safetensors``)::
 
     unet_lora.<module>.lora_A.weight     Linear: (r, in)       Conv2d: (r, in, k, k)
     unet_lora.<module>.lora_B.weight     Linear: (out, r)      Conv2d: (out, r, 1, 1)
     unet_override.<parameter>            replaces one UNet base parameter (the original release
-                                         saves its own ``conv_in``: official-checkpoint.md §3.3)
+                                         saves its own ``conv_in``:
+                                         docs/official-checkpoint.md §3.3)
 
 with ``config.lora`` = (rank r, alpha, target_modules) giving the scale s = alpha / r. The target
 modules are the UNet's ``nn.Linear`` and ``nn.Conv2d`` whose name equals one of
 ``target_modules`` or ends with ``"." + name`` (peft's rule). For the original's 14 names this is
-the 258 modules of official-checkpoint.md Appendix A on Stable Diffusion 2.1.
+the 258 modules of docs/official-checkpoint.md Appendix A on Stable Diffusion 2.1.
 
 Inference merges the factors into the base weights once, at load time (no peft at run time and no
-extra work per pass), exactly as official-checkpoint.md §3.2 writes it:
+extra work per pass), exactly as docs/official-checkpoint.md §3.2 writes it:
 
 - Linear: W' = W + s · B A
 - Conv2d: W'[o, i, :, :] = W[o, i, :, :] + s · Σ_r B[o, r, 0, 0] · A[r, i, :, :]
@@ -79,7 +80,7 @@ def lora_target_names(unet: nn.Module, settings: LoraSettings) -> list[str]:
 
 
 def lora_shapes(layer: nn.Module, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shapes of (A, B) for a base Linear or Conv2d (official-checkpoint.md §3.2)."""
+    """Shapes of (A, B) for a base Linear or Conv2d (docs/official-checkpoint.md §3.2)."""
     w = layer.weight
     if isinstance(layer, nn.Conv2d):
         return (rank, w.shape[1], *w.shape[2:]), (w.shape[0], rank, 1, 1)

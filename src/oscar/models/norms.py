@@ -1,8 +1,8 @@
-"""Per-channel norm rescaling and its side information (method.md §1, "Norm rescaling").
+"""Per-channel norm rescaling and its side information (docs/method.md §1, "Norm rescaling").
 
 The decoder rescales each channel of y_tilde to the size of the same channel of the true latent
-y. The original release used y's norms at decode time without transmitting them (method.md §6.2);
-we transmit them.
+y. The original release used y's norms at decode time without transmitting them
+(docs/method.md §6.2); we transmit them.
 
 What is sent: the per-channel RMS (L2 norm over positions / √positions), which, unlike the raw
 norm, does not grow with the image size. Each RMS is quantised to one byte on a log2 grid::

@@ -72,7 +72,7 @@ class OscarModel(nn.Module):
         self.hyper = nn.ModuleDict(
             {str(lv.level): HyperCoder(lv, config.hyper, latent_channels) for lv in config.levels}
         )
-        # The learned "prompt" (method.md §1): no text, one tensor shared by every level.
+        # The learned "prompt" (docs/method.md §1): no text, one tensor shared by every level.
         self.prompt_embedding = nn.Parameter(
             torch.randn(config.prompt_length, config.cross_attention_dim) * 0.02
         )

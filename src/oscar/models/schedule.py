@@ -1,9 +1,9 @@
-"""Noise schedule, the one-step x0 estimate and multi-step DDIM (method.md §1, §4).
+"""Noise schedule, the one-step x0 estimate and multi-step DDIM (docs/method.md §1, §4).
 
 The schedule is read from a diffusers scheduler config (beta schedule, number of steps,
 ``prediction_type``); diffusers computes ᾱ_t, we only read it. The x0 formula is written out
 instead of calling ``scheduler.step``, whose previous-timestep lookup fails for a lone t in
-recent diffusers (shared/reference/official-checkpoint.md §5).
+recent diffusers (docs/official-checkpoint.md §5).
 
 Multi-step decoding (``oscar decompress --steps N``) walks from the level's pseudo-timestep t_L
 down to 0 with N deterministic DDIM steps (η = 0: no noise is drawn). The UNet is evaluated at
@@ -53,7 +53,8 @@ class NoiseSchedule:
         return float(self.alphas_cumprod[timestep])
 
     def timestep_for_cosine(self, cosine: float) -> int:
-        """t = argmin_t |√ᾱ_t − c| (method.md §4): the noise level whose expected cosine is c."""
+        """t = argmin_t |√ᾱ_t − c| (docs/method.md §4): the noise level whose expected cosine
+        is c."""
         sqrt_ab = self.alphas_cumprod.double().sqrt()
         return int((sqrt_ab - float(cosine)).abs().argmin())
 
