@@ -35,6 +35,7 @@ from oscar.errors import (
     TruncatedError,
     UnsupportedVersionError,
 )
+from oscar.limits import DEFAULT_MAX_PIXELS
 
 MAGIC = b"OSC"
 VERSION = 1
@@ -53,7 +54,7 @@ MIN_FILE_BYTES = _FIXED.size + 1 + CRC_BYTES
 class Limits:
     """What a file may ask for before anything is allocated for it."""
 
-    max_pixels: int = 16384 * 16384
+    max_pixels: int = DEFAULT_MAX_PIXELS  # oscar.limits: Pillow's refusal threshold
     max_payload_bytes: int = 64 * 2**20
 
     @property

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from oscar.errors import ModelError
 from oscar.io import give_usual_permissions
@@ -77,7 +78,11 @@ class IndexPriors:
             for level, t in sorted(self.tables.items())
         }
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path | BinaryIO) -> None:
+        """Write the tables as safetensors to a path or to a binary file object."""
+        if not isinstance(path, (str, Path)):
+            path.write(save(self.as_tensors()))
+            return
         save_file(self.as_tensors(), str(path))
         give_usual_permissions(path)
 
