@@ -30,6 +30,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from oscar.errors import ModelError
+from oscar.io import open_regular_file
+from oscar.limits import MAX_METADATA_BYTES
 from oscar.safe_build import build_on_meta, state_problems
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -42,12 +44,34 @@ def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
+def read_bounded(path: Path, what: str, limit: int = MAX_METADATA_BYTES) -> bytes:
+    """A model folder's file, whole, if it is a regular file of at most ``limit`` bytes; else
+    one ModelError naming it. The size is checked on the open descriptor before reading, and
+    at most ``limit + 1`` bytes are read (should the file grow meanwhile)."""
+    if not path.exists():
         raise ModelError(f"{what} is missing: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
+        with open_regular_file(path, ModelError) as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, limit) + 1)
+    except OSError as exc:
+        raise ModelError(f"{what} at {path} is not readable: {exc.strerror or exc}") from None
+    except ModelError as exc:
+        raise ModelError(f"{what}: {exc}") from None
+    if len(data) > limit:
+        raise ModelError(
+            f"{what} at {path} is larger than {limit} bytes ({max(size, len(data))}): "
+            "refused without reading it"
+        )
+    return data
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a model folder, read with a bound (MAX_METADATA_BYTES)."""
+    text = read_bounded(path, what)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, bad UTF-8 and integers of over 4300 digits;
         # RecursionError, nesting too deep for the parser.
         raise ModelError(f"{what} at {path} is not readable JSON: {exc}") from None
@@ -68,7 +92,7 @@ _DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-_MAX_HEADER = 100 * 2**20
+_MAX_HEADER = MAX_METADATA_BYTES  # a safetensors header is JSON metadata too
 
 
 def _read_into(f, tensor: torch.Tensor) -> None:
@@ -87,8 +111,9 @@ def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     aligned) is several times faster for a 3.4 GB UNet and makes a loaded model compute exactly
     what the saved one did. The header is validated first by the safetensors library.
     """
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(f"{what} is missing: {path}")
+    open_regular_file(path, ModelError).close()  # not a FIFO, device or folder
     try:
         with safe_open(str(path), framework="pt"):  # the library's own header validation
             pass

@@ -399,6 +399,15 @@ def _restore_handlers() -> None:
     _SAVED_HANDLERS.clear()
 
 
+def _check_still_ours(tmp: Path, file: BinaryIO, path: Path) -> None:
+    """Refuse to rename a temporary name that no longer holds the file we wrote (replaced by a
+    link or another file in a folder others can write to)."""
+    ours = os.fstat(file.fileno())
+    now = os.lstat(tmp)
+    if (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino):
+        raise OutputError(f"{path}: the temporary file {tmp.name} was replaced while writing")
+
+
 def give_usual_permissions(path: str | Path) -> None:
     """Set a file written by a library that creates it private (safetensors' save_file makes
     0600 files) to 0666 & ~umask, as any other file we write, so shared model folders stay
@@ -458,6 +467,7 @@ def atomic_output(path: str | Path, force: bool = False) -> Iterator[BinaryIO]:
             if path.exists() and not force:  # appeared while we worked
                 raise OutputExistsError(f"{path} exists; pass --force to overwrite")
             _fsync(file)
+            _check_still_ours(tmp, file, path)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     except OSError as exc:

@@ -16,10 +16,11 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load, save, save_file
 
 from oscar.errors import ModelError
 from oscar.io import give_usual_permissions
+from oscar.limits import MAX_PRIORS_BYTES
 from oscar.rates import RateLevel
 
 TABLE_TOTAL = 2**16
@@ -89,9 +90,12 @@ class IndexPriors:
     @classmethod
     def load(cls, path: str | Path, levels: tuple[RateLevel, ...]) -> IndexPriors:
         """Read and validate tables against the rate table (size K, values ≥ 1, bounded sum)."""
+        from oscar.diffusers_io import read_bounded
+
         path = Path(path)
+        data = read_bounded(path, "priors", MAX_PRIORS_BYTES)  # bounded, regular file only
         try:
-            raw = load_file(str(path), device="cpu")
+            raw = load(data)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"priors at {path} are not readable safetensors: {exc}") from exc
         by_level = {lv.level: lv for lv in levels}
