@@ -187,7 +187,8 @@ def read(data: bytes, limits: Limits | None = None) -> Container:
         raise MalformedError(f"image size {height}x{width} is empty")
     if height * width > limits.max_pixels:
         raise LimitExceededError(
-            f"image of {height}x{width} pixels exceeds the limit of {limits.max_pixels} pixels"
+            f"image of {height}x{width} pixels exceeds the limit of {limits.max_pixels} pixels "
+            "(refused before decoding; raise it with --max-pixels)"
         )
     header = Header(
         level=level,
