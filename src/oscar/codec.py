@@ -255,7 +255,7 @@ class OscarCodec:
             x = torch.cat([image_to_tensor(s.rgb) for s in sources]).to(self.device)
             x = pad(x, self.pad_multiple)
         allocator_for_pixels(x.shape[0] * x.shape[2] * x.shape[3])
-        with stage("vae_encode"), thread_independent(self.model.vae.encoder):
+        with stage("vae_encode"), thread_independent(self.model.vae):
             # Thread-count-independent bits (oscar.determinism): the bytes must not depend on it.
             y = self.model.encode_latent(x, tiles)
             del x  # a 4K image is 100 MB per float32 copy
