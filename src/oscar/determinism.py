@@ -10,9 +10,10 @@ convolutions, group norms and elementwise operations gave the same bits at any t
 
 :func:`thread_independent` removes that dependence where encoding decides indices:
 
-- in the VAE encoder (and its 1×1 `quant_conv`), the layers whose kernels may split a reduction across threads (1×1
-  convolutions, linear layers, attention's matrix products) run with one thread; the 3×3
-  convolutions, which dominate its cost, keep all threads;
+- in the VAE (its encoder and the 1×1 ``quant_conv`` after it), the layers whose kernels may
+  split a reduction across threads (1×1 convolutions, linear layers, attention's matrix
+  products) run with one thread; the 3×3 convolutions, which dominate its cost, keep all
+  threads;
 - the hyper-analysis, the quantiser and the index search (``oscar.index_search``), small next to
   the VAE, run with one thread throughout, gradients included.
 
