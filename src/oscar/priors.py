@@ -100,7 +100,7 @@ class IndexPriors:
             raise ModelError(f"priors at {path} are not readable safetensors: {exc}") from exc
         by_level = {lv.level: lv for lv in levels}
         tables: dict[int, np.ndarray] = {}
-        for key, tensor in raw.items():
+        for key, tensor in sorted(raw.items()):  # a fixed order: the same first error
             name, _, number = key.partition(".")
             if name != "level" or not number.isdigit() or int(number) not in by_level:
                 raise ModelError(f"{path}: unexpected prior table {key!r}")
