@@ -128,7 +128,7 @@ def test_folder_batch_with_a_bad_file(tiny_model_dir, tmp_path, capsys):
     assert sorted(
         p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.oscar")
     ) == ["sub/y.oscar", "x.oscar"]
-    assert not list((tmp_path / "out").rglob("*.part"))
+    assert not list((tmp_path / "out").rglob("*.oscar-tmp-*"))
     assert (
         main(
             [

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from conftest import make_image
 from oscar.errors import ImageError
-from oscar.io import DEFAULT_MAX_PIXELS, _open_limited, load_image
+from oscar.io import _open_limited, load_image
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -37,18 +37,20 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path, size):
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_header_only(*size))
     t0 = time.perf_counter()
-    with pytest.raises(ImageError, match=r"limit of 268435456 \(refused before decoding"):
+    with pytest.raises(ImageError, match=r"limit of 178956970 \(refused before decoding"):
         load_image(path)
     assert time.perf_counter() - t0 < 2.0
     assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's setting is restored
 
 
 def test_our_limit_decides_not_pillows(tmp_path):
-    """Pillow alone refuses images over 179 M pixels while opening; ours (268 M by default,
-    configurable both ways) must decide instead. Header only: nothing is decoded here."""
+    """Pillow alone refuses images over 179 M pixels while opening (our default too); ours,
+    configurable both ways, must decide instead. Header only: nothing is decoded here."""
     path = tmp_path / "big.png"
     path.write_bytes(_png_header_only(14_000, 14_000))  # 196 M pixels
-    with _open_limited(path, DEFAULT_MAX_PIXELS) as image:
+    with pytest.raises(ImageError, match="196000000 pixels exceed the limit of 178956970"):
+        load_image(path)
+    with _open_limited(path, 200_000_000) as image:
         assert image.size == (14_000, 14_000)
     with pytest.raises(ImageError, match="196000000 pixels exceed the limit of 1000"):
         load_image(path, max_pixels=1000)

@@ -71,8 +71,8 @@ def test_unreadable_inputs(tmp_path):
 
 def test_atomic_output_keeps_existing_and_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
-        tmp.write_bytes(b"partial")
+    with pytest.raises(RuntimeError), atomic_output(target) as out:
+        out.write(b"partial")
         raise RuntimeError("boom")
     assert not target.exists() and list(tmp_path.iterdir()) == []
     target.write_bytes(b"old")

@@ -21,6 +21,7 @@ from oscar.codec import OscarCodec
 from oscar.entropy import PriorCoder
 from oscar.errors import ChecksumError, LimitExceededError, MalformedError
 from oscar.fuzz import assemble, with_crc
+from oscar.limits import DEFAULT_MAX_PIXELS
 
 
 def _codec(tiny_codec, **limits) -> OscarCodec:
@@ -53,8 +54,9 @@ def no_tensors(monkeypatch):
 def test_pixel_limit_default_and_configurable(tiny_codec, no_tensors):
     data = tiny_codec.compress(make_image(16, 16), 0, "fixed")
     no_tensors()
-    huge = _resized(data, 16385, 16385)  # one pixel row and column over the default limit
-    with pytest.raises(LimitExceededError, match="exceeds the limit of 268435456"):
+    huge = _resized(data, 13378, 13377)  # one pixel row over the default limit (13377² fits)
+    assert 13377 * 13377 <= DEFAULT_MAX_PIXELS < 13378 * 13377
+    with pytest.raises(LimitExceededError, match="exceeds the limit of 178956970"):
         tiny_codec.unpack(huge)
     assert tiny_codec.unpack(data).indices.shape == (1, 1)
     with pytest.raises(LimitExceededError, match="limit of 255 pixels"):
@@ -98,7 +100,7 @@ def test_token_count_is_bounded_before_decoding(tiny_codec, coder, no_tensors):
     refused by the model-level length checks before the index coder allocates anything."""
     data = tiny_codec.compress(make_image(16, 16), 7, coder)
     no_tensors()
-    lie = _resized(data, 16384, 16384)  # allowed by the default pixel limit: 4 M tokens
+    lie = _resized(data, 13377, 13377)  # allowed by the default pixel limit: 2.8 M tokens
     tracemalloc.start()
     try:
         with pytest.raises(MalformedError, match="payload"):
@@ -202,9 +204,9 @@ def test_read_input_file_refuses_oversized_files(tmp_path):
 
 
 def test_limits_default_values():
-    assert Limits().max_pixels == 16384 * 16384
+    assert Limits().max_pixels == DEFAULT_MAX_PIXELS == 178_956_970  # Pillow's refusal point
     assert Limits().max_payload_bytes == 64 * 2**20
-    header = bitstream.Header(0, 0, b"abcd", 16384, 16384, b"\0" * 4)
+    header = bitstream.Header(0, 0, b"abcd", 13377, 13377, b"\0" * 4)
     assert bitstream.read(bitstream.write(header, b"")).header == header
 
 

@@ -40,6 +40,7 @@ from oscar.errors import (
     TruncatedError,
     UnsupportedVersionError,
 )
+from oscar.limits import DEFAULT_MAX_PIXELS
 
 MAGIC = b"OSC"
 VERSION = 1  # four side-info bytes, no length
@@ -61,7 +62,7 @@ MIN_FILE_BYTES = _FIXED.size + SIDE_INFO_BYTES + 1 + CRC_BYTES
 class Limits:
     """What a file may ask for before anything is allocated for it."""
 
-    max_pixels: int = 16384 * 16384
+    max_pixels: int = DEFAULT_MAX_PIXELS  # oscar.limits: Pillow's refusal threshold
     max_payload_bytes: int = 64 * 2**20
 
     @property
@@ -228,7 +229,8 @@ def read(data: bytes, limits: Limits | None = None) -> Container:
         raise MalformedError(f"image size {height}x{width} is empty")
     if height * width > limits.max_pixels:
         raise LimitExceededError(
-            f"image of {height}x{width} pixels exceeds the limit of {limits.max_pixels} pixels"
+            f"image of {height}x{width} pixels exceeds the limit of {limits.max_pixels} pixels "
+            "(refused before decoding; raise it with --max-pixels)"
         )
     header = Header(
         level=level,

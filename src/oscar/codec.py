@@ -32,6 +32,7 @@ from PIL import Image
 from oscar import bitstream
 from oscar.allocator import allocator_for_pixels
 from oscar.bitstream import Container, Header, Limits
+from oscar.determinism import single_thread, thread_independent
 from oscar.device import inference_memory_format, resolve_device, resolve_dtype
 from oscar.effort import DEFAULT_EFFORT, check_effort
 from oscar.entropy import (
@@ -208,6 +209,11 @@ class OscarCodec:
             element_bytes=element_bytes,
         )
 
+    def fits(self, height: int, width: int, direction: str = "encode") -> None:
+        """Refuse (one ConfigError naming the size and --max-memory) an image whose estimated
+        working memory exceeds the budget even by tiles; before any pixel is decoded."""
+        self.tiling(direction, *padded_size(height, width, self.pad_multiple))
+
     # ------------------------------------------------------------------------ properties
     @property
     def levels(self) -> tuple[RateLevel, ...]:
@@ -229,7 +235,7 @@ class OscarCodec:
         if isinstance(image, SourceImage):
             source = image
         elif isinstance(image, (str, Path)):
-            source = load_image(image, max_pixels=self.limits.max_pixels)
+            source = load_image(image, max_pixels=self.limits.max_pixels, check_size=self.fits)
         else:
             source = to_rgb(image)
         if source.height * source.width > self.limits.max_pixels:
@@ -243,12 +249,15 @@ class OscarCodec:
     @torch.inference_mode()
     def encode_latents(self, sources: Sequence[SourceImage]) -> tuple[torch.Tensor, np.ndarray]:
         """Same-size images → padded scaled latents y (B, 4, H/8, W/8) and RMS codes (B, 4)."""
+        ph, pw = padded_size(sources[0].height, sources[0].width, self.pad_multiple)
+        tiles = self.tiling("encode", ph, pw)  # refuses what cannot fit, before allocating
         with stage("pad"):
             x = torch.cat([image_to_tensor(s.rgb) for s in sources]).to(self.device)
             x = pad(x, self.pad_multiple)
         allocator_for_pixels(x.shape[0] * x.shape[2] * x.shape[3])
-        with stage("vae_encode"):
-            y = self.model.encode_latent(x, self.tiling("encode", *x.shape[-2:]))
+        with stage("vae_encode"), thread_independent(self.model.vae):
+            # Thread-count-independent bits (oscar.determinism): the bytes must not depend on it.
+            y = self.model.encode_latent(x, tiles)
             del x  # a 4K image is 100 MB per float32 copy
             codes = self.model.side_info(y).cpu().numpy()
         return y, codes
@@ -262,11 +271,12 @@ class OscarCodec:
     def hyper_encode_batch(self, y: torch.Tensor, level: int) -> np.ndarray:
         """Latents y (B, 4, H/8, W/8) → indices (B, h, w) int64 (g_a, then the quantiser)."""
         hyper = self.model.hyper_coder(level)
-        with stage("hyper_analysis"):
+        # One thread: the decisions must not depend on the thread count (oscar.determinism).
+        with stage("hyper_analysis"), single_thread():
             u = hyper.g_a(y)
-        with stage("quantize"):
+        with stage("quantize"), single_thread():
             indices = hyper.quantizer.quantize(u)
-        with stage("index_search"):
+        with stage("index_search"), single_thread():
             indices = search_indices(self.model, y, u, level, indices, self.effort)
         return indices.cpu().numpy().astype(np.int64)
 

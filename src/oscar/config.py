@@ -313,11 +313,17 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> ModelConfig:
+        from oscar.filetypes import open_regular_file
+        from oscar.limits import MAX_METADATA_BYTES
+
         path = Path(path)
         try:
-            text = path.read_bytes()
+            with open_regular_file(path, ConfigError) as f:
+                text = f.read(MAX_METADATA_BYTES + 1)
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        if len(text) > MAX_METADATA_BYTES:
+            raise ConfigError(f"config {path} is larger than {MAX_METADATA_BYTES} bytes")
         try:
             data = json.loads(text)
         except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge integers, deep nesting

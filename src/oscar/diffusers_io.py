@@ -30,6 +30,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from oscar.errors import ModelError
+from oscar.filetypes import open_regular_file
+from oscar.limits import MAX_METADATA_BYTES
 from oscar.model_files import public_config, read_json
 from oscar.safe_build import build_on_meta, state_problems
 
@@ -50,7 +52,7 @@ _DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-_MAX_HEADER = 100 * 2**20
+_MAX_HEADER = MAX_METADATA_BYTES  # a safetensors header is JSON metadata too
 
 
 def _read_into(f, tensor: torch.Tensor) -> None:
@@ -69,8 +71,9 @@ def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     aligned) is several times faster for a 3.4 GB UNet and makes a loaded model compute exactly
     what the saved one did. The header is validated first by the safetensors library.
     """
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(f"{what} is missing: {path}")
+    open_regular_file(path, ModelError).close()  # not a FIFO, device or folder
     try:
         with safe_open(str(path), framework="pt"):  # the library's own header validation
             pass

@@ -23,9 +23,14 @@ name (Pillow has readers that run other programs, such as EPS through Ghostscrip
 Sizes: any size from 1×1 up to the pixel limit; images are padded (edge replication) to the
 level's multiple, never resized, and the decoder crops back to the original size.
 
-Outputs are written atomically (``atomic_output``): a temporary file beside the target, synced,
-then renamed; any failure (an exception, an interruption, a full disk, a folder that cannot be
-written) leaves the target as it was and no temporary file, and OSErrors become one OutputError.
+Inputs must be regular files (``open_regular_file``): FIFOs, devices and folders are refused
+before anything is read, so nothing blocks.
+
+Outputs are written atomically (``atomic_output``): a temporary file ``.NAME.oscar-tmp-XXXXXXXX``
+beside the target, created with O_EXCL and written through that descriptor only, synced, then
+renamed; any failure (an exception, SIGINT, SIGTERM or SIGHUP, a full disk, a folder that cannot
+be written) leaves the target as it was and no temporary file, and OSErrors become one
+OutputError. Only SIGKILL can leave a temporary file, recognisable by its name.
 """
 
 from __future__ import annotations
@@ -33,21 +38,23 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from oscar.errors import ImageError, OutputError, OutputExistsError
-
-DEFAULT_MAX_PIXELS = 16384 * 16384
+from oscar.errors import ImageError, OscarError, OutputError, OutputExistsError
+from oscar.filetypes import open_regular_file
+from oscar.limits import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -131,17 +138,18 @@ def _array_to_rgb(array: np.ndarray) -> SourceImage:
     return SourceImage(np.ascontiguousarray(data))
 
 
-def _exact_16bit_rgb(image: Image.Image, path: Path) -> np.ndarray | None:
+def _exact_16bit_rgb(image: Image.Image, file: BinaryIO) -> np.ndarray | None:
     """Pillow keeps only the high byte of 16-bit RGB PNGs; read them exactly with imagecodecs.
 
     Returns None (and Pillow's reading is used) for other images or without imagecodecs.
     """
-    if image.format != "PNG" or image.mode not in ("RGB", "RGBA") or _png_bit_depth(path) != 16:
+    if image.format != "PNG" or image.mode not in ("RGB", "RGBA") or _png_bit_depth(file) != 16:
         return None
     try:
         import imagecodecs
 
-        array = imagecodecs.png_decode(path.read_bytes())
+        file.seek(0)
+        array = imagecodecs.png_decode(file.read())
     except Exception:
         return None
     if array.dtype != np.uint16:
@@ -149,10 +157,12 @@ def _exact_16bit_rgb(image: Image.Image, path: Path) -> np.ndarray | None:
     return _orient(array, image.getexif().get(0x0112, 1))
 
 
-def _png_bit_depth(path: Path) -> int:
+def _png_bit_depth(file: BinaryIO) -> int:
     """Bit depth from the IHDR chunk (byte 24 of a PNG file)."""
-    with open(path, "rb") as f:
-        head = f.read(25)
+    position = file.tell()
+    file.seek(0)
+    head = file.read(25)
+    file.seek(position)
     return head[24] if len(head) == 25 else 8
 
 
@@ -178,7 +188,7 @@ READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "TIFF", "PPM", "GIF"
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
-def _open_limited(path: Path, max_pixels: int) -> Image.Image:
+def _open_limited(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
     """Image.open restricted to READ_FORMATS, with Pillow's own bomb check at our limit.
 
     Pillow refuses images over 2 · Image.MAX_IMAGE_PIXELS (179 M pixels by default) while it
@@ -200,28 +210,36 @@ def _open_limited(path: Path, max_pixels: int) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> SourceImage:
+def load_image(
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    check_size: Callable[[int, int], None] | None = None,
+) -> SourceImage:
     """Read an image file and apply the input policy; refuses images over ``max_pixels``.
 
-    The size is checked from the header, before any pixel is decoded. Every failure (missing,
-    unreadable, truncated, unsupported, too large) is one :class:`ImageError` naming the file.
+    The size is checked from the header, before any pixel is decoded, and so is
+    ``check_size(height, width)`` if given (the codec's memory budget). Every failure of the file
+    (missing, not a regular file, unreadable, truncated, unsupported, too large) is one
+    :class:`ImageError` naming the file.
     """
     path = Path(path)
     refused = f"the limit of {max_pixels} (refused before decoding; raise it with --max-pixels)"
     try:
-        with _open_limited(path, max_pixels) as image:
+        with open_regular_file(path) as file, _open_limited(file, max_pixels) as image:
             width, height = image.size
             if width < 1 or height < 1:
                 raise ImageError(f"{path}: image has no pixels ({width}x{height})")
             if width * height > max_pixels:
                 raise ImageError(f"{path}: {width}x{height} pixels exceed {refused}")
-            exact = _exact_16bit_rgb(image, path)
+            if check_size is not None:
+                check_size(height, width)
+            exact = _exact_16bit_rgb(image, file)
             if exact is not None:
                 return _array_to_rgb(exact)
             image = ImageOps.exif_transpose(image)
             image.load()
             return to_rgb(image)
-    except ImageError:
+    except OscarError:
         raise
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
@@ -289,17 +307,76 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _create_temp(path: Path) -> Path:
-    """An empty new file beside ``path``, created with the usual permissions (0666 & ~umask;
+TEMP_MARK = ".oscar-tmp-"  # temporary outputs are named .NAME.oscar-tmp-XXXXXXXX
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh temporary name beside ``path``: ``.NAME.oscar-tmp-`` and 8 hex digits."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{secrets.token_hex(4)}")
+
+
+def _create_temp(path: Path) -> tuple[Path, BinaryIO]:
+    """A new file beside ``path`` (O_EXCL: never an existing file or link) and a binary file
+    object on the descriptor that created it: everything is written through that descriptor,
+    never by reopening the name. Created with the usual permissions (0666 & ~umask;
     tempfile.mkstemp would make it 0600, and the rename would keep that)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        tmp = temp_name(path)
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
             continue
-        return tmp
+        return tmp, os.fdopen(fd, "wb")
     raise FileExistsError(f"no free temporary name beside {path}")
+
+
+# Temporary files being written, removed by a termination signal's handler (SIGTERM, SIGHUP):
+# their default action would end the process without running any ``finally``. SIGINT raises
+# KeyboardInterrupt, which the ``finally`` of atomic_output handles.
+_LIVE_TEMPS: set[Path] = set()
+_SAVED_HANDLERS: dict[int, object] = {}
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _remove_temps_and_die(signum: int, frame) -> None:
+    for tmp in list(_LIVE_TEMPS):
+        with suppress(OSError):
+            os.unlink(tmp)
+    _LIVE_TEMPS.clear()
+    previous = _SAVED_HANDLERS.get(signum, signal.SIG_DFL)
+    _restore_handlers()
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)  # die of the signal, as without us (exit status 128 + N)
+
+
+def _install_handlers() -> None:
+    if _SAVED_HANDLERS or threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can be set from the main thread only
+    for signum in _SIGNALS:
+        if signal.getsignal(signum) in (signal.SIG_IGN, None):
+            continue  # ignored (nohup), or set outside Python: left alone
+        with suppress(OSError, ValueError):
+            _SAVED_HANDLERS[signum] = signal.signal(signum, _remove_temps_and_die)
+
+
+def _restore_handlers() -> None:
+    for signum, handler in list(_SAVED_HANDLERS.items()):
+        with suppress(OSError, ValueError, TypeError):
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+    _SAVED_HANDLERS.clear()
+
+
+def _check_still_ours(tmp: Path, file: BinaryIO, path: Path) -> None:
+    """Refuse to rename a temporary name that no longer holds the file we wrote (replaced by a
+    link or another file in a folder others can write to)."""
+    ours = os.fstat(file.fileno())
+    now = os.lstat(tmp)
+    if (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino):
+        raise OutputError(f"{path}: the temporary file {tmp.name} was replaced while writing")
 
 
 def give_usual_permissions(path: str | Path) -> None:
@@ -311,14 +388,11 @@ def give_usual_permissions(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-def _fsync(path: Path) -> None:
+def _fsync(file: BinaryIO) -> None:
     """Flush a file (and best effort, its folder) to disk, so the rename never exposes an empty
     file after a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    file.flush()
+    os.fsync(file.fileno())
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -335,11 +409,14 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success sync it and rename it into place.
+def atomic_output(path: str | Path, force: bool = False) -> Iterator[BinaryIO]:
+    """Yield a binary file object on a new temporary file beside ``path``; on success sync it
+    and rename it into place.
 
     Nothing appears at ``path`` unless the block finishes; an existing file is kept unless
-    ``force``. The temporary file is removed on any failure, an interruption included. An
+    ``force``. The temporary file (``.NAME.oscar-tmp-XXXXXXXX``) is written only through the
+    descriptor that created it and removed on any failure, an interruption (SIGINT) or a
+    termination signal (SIGTERM, SIGHUP) included; only SIGKILL can leave one behind. An
     OSError while creating, writing or renaming (folder not writable, disk full, ...) becomes
     one :class:`OutputError` naming ``path``.
     """
@@ -350,25 +427,34 @@ def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
         raise OutputExistsError(f"{path} exists; pass --force to overwrite")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _create_temp(path)
+        tmp, file = _create_temp(path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {_reason(exc)}") from None
+    _LIVE_TEMPS.add(tmp)
+    _install_handlers()
     try:
-        yield tmp
-        if path.exists() and not force:  # appeared while we worked
-            raise OutputExistsError(f"{path} exists; pass --force to overwrite")
-        _fsync(tmp)
+        with file:
+            yield file
+            if path.exists() and not force:  # appeared while we worked
+                raise OutputExistsError(f"{path} exists; pass --force to overwrite")
+            _fsync(file)
+            _check_still_ours(tmp, file, path)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {_reason(exc)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        finally:
+            _LIVE_TEMPS.discard(tmp)
+            if not _LIVE_TEMPS:
+                _restore_handlers()
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, force: bool = False) -> None:
-    with atomic_output(path, force) as tmp:
-        tmp.write_bytes(data)
+    with atomic_output(path, force) as out:
+        out.write(data)
 
 
 def save_image(image: np.ndarray, path: str | Path, force: bool = False) -> None:
@@ -382,5 +468,5 @@ def save_image(image: np.ndarray, path: str | Path, force: bool = False) -> None
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     if fmt == "WEBP":
         options = {"lossless": True}
-    with atomic_output(path, force) as tmp:
-        Image.fromarray(image).save(tmp, format=fmt, **options)
+    with atomic_output(path, force) as out:
+        Image.fromarray(image).save(out, format=fmt, **options)

@@ -15,6 +15,8 @@ from typing import Any
 
 from oscar.config import ModelConfig
 from oscar.errors import ConfigError, ModelError
+from oscar.filetypes import open_regular_file
+from oscar.limits import MAX_METADATA_BYTES
 
 MODEL_FILE = "oscar.json"
 PARTS_FILE = "oscar.safetensors"
@@ -37,12 +39,34 @@ def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
 _public = public_config
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
+def read_bounded(path: Path, what: str, limit: int = MAX_METADATA_BYTES) -> bytes:
+    """A model folder's file, whole, if it is a regular file of at most ``limit`` bytes; else
+    one ModelError naming it. The size is checked on the open descriptor before reading, and
+    at most ``limit + 1`` bytes are read (should the file grow meanwhile)."""
+    if not path.exists():
         raise ModelError(f"{what} is missing: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
+        with open_regular_file(path, ModelError) as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, limit) + 1)
+    except OSError as exc:
+        raise ModelError(f"{what} at {path} is not readable: {exc.strerror or exc}") from None
+    except ModelError as exc:
+        raise ModelError(f"{what}: {exc}") from None
+    if len(data) > limit:
+        raise ModelError(
+            f"{what} at {path} is larger than {limit} bytes ({max(size, len(data))}): "
+            "refused without reading it"
+        )
+    return data
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a model folder, read with a bound (MAX_METADATA_BYTES)."""
+    text = read_bounded(path, what)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, bad UTF-8 and integers of over 4300 digits;
         # RecursionError, nesting too deep for the parser.
         raise ModelError(f"{what} at {path} is not readable JSON: {exc}") from None

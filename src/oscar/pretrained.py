@@ -352,8 +352,8 @@ def write_model_config(directory: str | Path, config: ModelConfig) -> None:
     data = _oscar_json(config)["config"]
     data["base_model"] = meta["config"].get("base_model")
     meta["config"] = data
-    with atomic_output(directory / MODEL_FILE, force=True) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic_output(directory / MODEL_FILE, force=True) as out:
+        out.write((json.dumps(meta, indent=2) + "\n").encode())
 
 
 # ----------------------------------------------------------------------------- load

@@ -11,14 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save, save_file
 
 from oscar.errors import ModelError
 from oscar.io import give_usual_permissions
+from oscar.limits import MAX_PRIORS_BYTES
 from oscar.rates import RateLevel
 
 TABLE_TOTAL = 2**16
@@ -77,21 +79,28 @@ class IndexPriors:
             for level, t in sorted(self.tables.items())
         }
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path | BinaryIO) -> None:
+        """Write the tables as safetensors to a path or to a binary file object."""
+        if not isinstance(path, (str, Path)):
+            path.write(save(self.as_tensors()))
+            return
         save_file(self.as_tensors(), str(path))
         give_usual_permissions(path)
 
     @classmethod
     def load(cls, path: str | Path, levels: tuple[RateLevel, ...]) -> IndexPriors:
         """Read and validate tables against the rate table (size K, values ≥ 1, bounded sum)."""
+        from oscar.model_files import read_bounded
+
         path = Path(path)
+        data = read_bounded(path, "priors", MAX_PRIORS_BYTES)  # bounded, regular file only
         try:
-            raw = load_file(str(path), device="cpu")
+            raw = load(data)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"priors at {path} are not readable safetensors: {exc}") from exc
         by_level = {lv.level: lv for lv in levels}
         tables: dict[int, np.ndarray] = {}
-        for key, tensor in raw.items():
+        for key, tensor in sorted(raw.items()):  # a fixed order: the same first error
             name, _, number = key.partition(".")
             if name != "level" or not number.isdigit() or int(number) not in by_level:
                 raise ModelError(f"{path}: unexpected prior table {key!r}")

@@ -35,7 +35,6 @@ sizes never depend on the machine, only on the options, so encoding stays determ
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,7 @@ import torch
 
 from oscar import stages
 from oscar.errors import ConfigError
+from oscar.limits import parse_memory  # noqa: F401  (re-exported: callers import it from here)
 from oscar.rates import VAE_FACTOR
 
 
@@ -348,18 +348,3 @@ def estimated_peak(config, height: int, width: int, direction: str, tiling: Tili
         th, tw = (min(tiles.size, lh), min(tiles.size, lw)) if tiles else (lh, lw)
         peak = max(peak, stage_bytes(stage, config, th, tw))
     return fixed_bytes(config, height, width, direction) + peak
-
-
-def parse_memory(text: str) -> int:
-    """'4G', '512M', '1.5GiB', '2000000000' → bytes (binary units)."""
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    s = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = s[-1:] if s[-1:] in units and s[-1:] else ""
-    number = s[: -len(unit)] if unit else s
-    try:
-        value = float(number) * units[unit]
-    except ValueError:
-        raise ConfigError(f"cannot read a memory size from {text!r} (e.g. 4G, 512M)") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"memory size must be positive, got {text!r}")
-    return int(value)

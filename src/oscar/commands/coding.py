@@ -182,7 +182,28 @@ def run_decompress(args: argparse.Namespace) -> int:
 
 
 def _refuse_existing(jobs: list[Job], force: bool) -> None:
-    """Fail before any work when an output exists, unless --force."""
+    """Fail before any work when an output is one of the inputs (the same file by any name,
+    even with --force), or when an output exists, unless --force."""
+    import os
+
+    sources = {}
+    for job in jobs:
+        try:
+            info = os.stat(job.source)
+            sources[(info.st_dev, info.st_ino)] = job.source
+        except OSError:
+            pass  # reported when the job runs
+    for job in jobs:
+        try:
+            info = os.stat(job.target)
+        except OSError:
+            continue
+        same = sources.get((info.st_dev, info.st_ino))
+        if same is not None:
+            raise ConfigError(
+                f"output {job.target} is the input {same}: refused even with --force "
+                "(choose another output)"
+            )
     if force:
         return
     existing = [str(j.target) for j in jobs if j.target.exists()]

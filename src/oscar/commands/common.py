@@ -56,10 +56,12 @@ def add_tiling_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-memory",
+        type=memory_size,
         default=None,
         metavar="SIZE",
         help="working-memory budget per image on top of the loaded model, e.g. 4G or 512M; "
-        "picks the largest tiles that fit (estimated)",
+        "picks the largest tiles that fit (estimated) and refuses images that cannot fit "
+        "(default: half of this machine's memory, rounded down to a power of two)",
     )
 
 
@@ -90,17 +92,30 @@ def add_steps_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    from oscar.limits import DEFAULT_MAX_PIXELS
+
     parser.add_argument(
         "--max-pixels",
         type=positive_int,
-        default=16384 * 16384,
+        default=DEFAULT_MAX_PIXELS,
         metavar="N",
-        help="refuse images (and files announcing images) larger than N pixels",
+        help="refuse images (and files announcing images) larger than N pixels, before any "
+        f"allocation (default {DEFAULT_MAX_PIXELS}: where Pillow refuses decompression bombs)",
     )
 
 
 def add_force_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+
+
+def memory_size(text: str) -> int:
+    """--max-memory: a size in bytes, checked while the arguments are parsed (before torch)."""
+    from oscar.limits import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:
@@ -120,11 +135,14 @@ def load_codec(args: argparse.Namespace):
         from oscar.allocator import tune_cpu_allocator
         from oscar.bitstream import Limits
         from oscar.codec import OscarCodec
-        from oscar.tiling import parse_memory
+        from oscar.limits import default_max_memory
 
         tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.allocator)
         limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
         max_memory = getattr(args, "max_memory", None)
+        # No --max-memory: a budget derived from the machine (oscar.limits), so that a large
+        # image is tiled or refused with one line instead of running out of memory.
+        memory = default_max_memory() if max_memory is None else max_memory
         return OscarCodec.from_pretrained(
             args.model,
             device=args.device,
@@ -132,7 +150,7 @@ def load_codec(args: argparse.Namespace):
             limits=limits,
             dtype=getattr(args, "dtype", "auto"),
             tile_size=getattr(args, "tile_size", None),
-            max_memory=None if max_memory is None else parse_memory(max_memory),
+            max_memory=memory,
             effort=getattr(args, "effort", DEFAULT_EFFORT),
         )
 
@@ -155,14 +173,12 @@ def read_input_file(path: Path, max_bytes: int) -> bytes:
     """Read a file whole, refusing one larger than ``max_bytes`` before reading it (and reading
     at most ``max_bytes + 1`` bytes, should it grow meanwhile)."""
     from oscar.errors import LimitExceededError
+    from oscar.filetypes import open_regular_file
 
     try:
-        if path.exists() and not path.is_file():  # a folder, a FIFO: never open it
-            raise ConfigError(f"{path}: not a file")
-        with open(path, "rb") as f:
+        # A folder, a FIFO, a device: refused on the descriptor, before reading (no hang).
+        with open_regular_file(path, ConfigError) as f:
             data = f.read(min(os.fstat(f.fileno()).st_size, max_bytes) + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(data) > max_bytes:
@@ -248,6 +264,14 @@ def run_batch(
             (bar.write if show_bar else print)(message, file=sys.stderr)
             continue
         except Exception as exc:
+            if _out_of_memory(exc):
+                failed += 1
+                message = (
+                    f"oscar: error: {job.source}: out of memory ({type(exc).__name__}); "
+                    "lower --max-memory (tiles) or --max-pixels, or free memory"
+                )
+                (bar.write if show_bar else print)(message, file=sys.stderr)
+                continue
             # A bug or an exhausted resource (MemoryError, a torch allocation failure) on one
             # file: report it with its name and go on with the others; -v shows the traceback.
             failed += 1
@@ -262,3 +286,14 @@ def run_batch(
     if failed and len(jobs) > 1:
         print(f"oscar: {failed} of {len(jobs)} files failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure: MemoryError, or torch's RuntimeError ("can't allocate memory",
+    "DefaultCPUAllocator", CUDA "out of memory")."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        key in text for key in ("can't allocate memory", "defaultcpuallocator", "out of memory")
+    )

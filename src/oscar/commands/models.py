@@ -130,8 +130,8 @@ def run_fit_priors(args: argparse.Namespace) -> int:
         kept = {lv: t for lv, t in codec.loaded.priors.tables.items() if lv not in levels}
         priors = IndexPriors({**kept, **priors.tables})
     target = Path(args.model_dir) / PRIORS_FILE
-    with atomic_output(target, force=True) as tmp:
-        priors.save(tmp)
+    with atomic_output(target, force=True) as out:
+        priors.save(out)
     print(
         f"{'level':>5} {'tokens':>10} {'used':>11} {'entropy':>8} {'coded':>8} {'fixed':>6}"
         "  (bits per token)"

@@ -19,6 +19,9 @@ Long runs (the commands and their measured results are in docs/robustness.md)::
     nice -n 15 python -m oscar.fuzz --model /tmp/fuzz-model --minutes 15 --seed 1 --crashes crashes
     nice -n 15 python -m oscar.fuzz --model /tmp/fuzz-model --minutes 10 --seed 2 --atheris
 
+A third form, ``--expensive`` (``oscar.fuzz.expensive``), writes valid files announcing large
+images at every level and reports the worst decode time and peak memory per input byte.
+
 The second form needs ``pip install atheris``: libFuzzer's coverage-guided search over the
 instrumented ``oscar`` modules, with the same check and a mutator that repairs the CRC.
 """

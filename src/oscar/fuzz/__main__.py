@@ -99,6 +99,26 @@ def _run_atheris(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_expensive(args: argparse.Namespace) -> int:
+    from oscar.bitstream import Limits
+    from oscar.codec import OscarCodec
+    from oscar.fuzz.expensive import run
+
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    limit = max(args.max_pixels, max(sizes) ** 2)
+    codec = OscarCodec.from_pretrained(args.model, device="cpu", limits=Limits(max_pixels=limit))
+    result = run(codec, sizes, timeout=args.minutes * 60)
+    for record in result["records"]:
+        print(json.dumps(record), flush=True)
+    summary = {
+        "threads": args.threads,
+        "worst_seconds_per_byte": result["worst_seconds_per_byte"],
+        "worst_memory_per_byte": result["worst_memory_per_byte"],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m oscar.fuzz",
@@ -127,6 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="torch threads (1: on a shared machine, spinning OpenMP threads waste CPU)",
     )
+    parser.add_argument(
+        "--expensive",
+        action="store_true",
+        help="valid but expensive files: the smallest valid file announcing each --sizes side "
+        "at every level, decoded in a forked process; reports decode time and peak memory per "
+        "input byte (oscar.fuzz.expensive)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="256,512,1024",
+        help="with --expensive: square image sides, comma-separated",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -134,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.atheris:
         return _run_atheris(args)
+    if args.expensive:
+        return _run_expensive(args)
 
     codec = _load_codec(args)
     seeds = make_seeds(codec)
