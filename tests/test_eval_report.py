@@ -95,6 +95,7 @@ def test_eval_writes_every_output(report_dir):
         "aggregates.csv",
         "aggregates.json",
         "bd_rate.csv",
+        "head_to_head.csv",
         "summary.json",
         "rd.png",
         "rd.svg",
@@ -130,6 +131,38 @@ def test_report_stands_alone_and_names_every_bd_rate(report_dir):
 
     assert [_fmt_ms(s) for s in (5.882831, 0.0123456, 0.00045)] == ["5880", "12.3", "0.45"]
     assert _fmt_metric("psnr", 23.456789) == "23.46" and _fmt_metric("ms_ssim", 0.9) == "0.9000"
+
+
+def test_head_to_head_counts_every_image_once_per_baseline(report_dir):
+    rows = list(csv.DictReader((report_dir / "head_to_head.csv").open()))
+    per_image = list(csv.DictReader((report_dir / "per_image.csv").open()))
+    images = len({r["image"] for r in per_image})
+    assert rows and all(int(r["images"]) == images for r in rows)
+    assert all(int(r["wins"]) + int(r["losses"]) + int(r["mixed"]) == images for r in rows)
+    assert "Head to head" in (report_dir / "report.html").read_text()
+
+
+def test_head_to_head_outcomes_use_both_bytes_and_quality():
+    from oscar.evaluation.head_to_head import head_to_head, outcome
+    from oscar.evaluation.records import ImageRecord
+
+    def rec(codec, kind, size, psnr, shift):
+        return ImageRecord(
+            image="a.png", codec=codec, kind=kind, level=3, setting="s", quality=None,
+            height=8, width=8, bytes=size, bpp=size / 8, overhead_bytes=None, target_bpp=None,
+            status="ok", notes=(), metrics={"psnr": psnr, "colour_shift": shift},
+            encode_s=0.0, decode_s=0.0,
+        )  # fmt: skip
+
+    ours = rec("oscar", "oscar", 100, 30.0, 2.0)
+    assert outcome(ours, rec("jpeg", "matched", 120, 29.0, 1.0), "psnr") == "win"
+    assert outcome(ours, rec("jpeg", "matched", 90, 31.0, 1.0), "psnr") == "loss"
+    assert outcome(ours, rec("jpeg", "matched", 90, 29.0, 1.0), "psnr") == "mixed"
+    # lower is better for the colour shift
+    assert outcome(ours, rec("jpeg", "matched", 120, 29.0, 1.0), "colour_shift") == "mixed"
+    assert outcome(ours, rec("jpeg", "matched", 100, 29.0, 3.0), "colour_shift") == "win"
+    rows = head_to_head([ours, rec("jpeg", "matched", 120, 29.0, 1.0)], ["psnr"])
+    assert [(r.level, r.codec, r.wins, r.losses, r.mixed) for r in rows] == [(3, "jpeg", 1, 0, 0)]
 
 
 def test_rates_are_real_bytes(report_dir, tiny_codec, sample_dir):

@@ -159,12 +159,13 @@ def test_special_files_are_refused_in_both_directions(tiny_model_dir, tmp_path):
     fifo_png, fifo_oscar = tmp_path / "fifo.png", tmp_path / "fifo.oscar"
     os.mkfifo(fifo_png)
     os.mkfifo(fifo_oscar)
+    out_oscar, out_png = str(tmp_path / "out.oscar"), str(tmp_path / "out.png")
     cases = [
-        (["compress", str(fifo_png)], "not a regular file (a FIFO)"),
-        (["decompress", str(fifo_oscar)], "not a regular file (a FIFO)"),
+        (["compress", str(fifo_png), "-o", out_oscar], "not a regular file (a FIFO)"),
+        (["decompress", str(fifo_oscar), "-o", out_png], "not a regular file (a FIFO)"),
     ]
     if os.path.exists("/dev/zero"):
-        cases.append((["compress", "/dev/zero"], "a character device"))
+        cases.append((["compress", "/dev/zero", "-o", out_oscar], "a character device"))
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     for command, message in cases:
         run = subprocess.run(
@@ -173,8 +174,6 @@ def test_special_files_are_refused_in_both_directions(tiny_model_dir, tmp_path):
                 "-m",
                 "oscar.cli",
                 *command,
-                "-o",
-                str(tmp_path / "out"),
                 "--model",
                 str(tiny_model_dir),
             ],
@@ -190,19 +189,20 @@ def test_special_files_are_refused_in_both_directions(tiny_model_dir, tmp_path):
 
 
 def test_output_that_is_an_input_is_refused_even_with_force(tiny_model_dir, tmp_path, capsys):
-    image = tmp_path / "same.png"
-    Image.fromarray(make_image(32, 32)).save(image)
-    before = image.read_bytes()
-    os.link(image, tmp_path / "hard.png")
-    (tmp_path / "link.png").symlink_to(image)
-    for output in (image, tmp_path / "hard.png", tmp_path / "link.png"):
-        code = main(
-            ["compress", str(image), "-o", str(output), "--force", "--model", str(tiny_model_dir)]
-        )
-        assert code == 1
-        err = capsys.readouterr().err
-        assert "is the input" in err and "even with --force" in err
-    assert image.read_bytes() == before
+    """Inputs are read by content, so an image named x.oscar (or a file x.png) can be both."""
+    for command, suffix in (("compress", ".oscar"), ("decompress", ".png")):
+        source = tmp_path / f"same-{command}{suffix}"
+        Image.fromarray(make_image(32, 32)).save(source, format="PNG")
+        before = source.read_bytes()
+        hard, link = tmp_path / f"hard-{command}{suffix}", tmp_path / f"link-{command}{suffix}"
+        os.link(source, hard)
+        link.symlink_to(source)
+        for output in (source, hard, link):
+            args = [command, str(source), "-o", str(output), "--force"]
+            assert main([*args, "--model", str(tiny_model_dir)]) == 1
+            err = capsys.readouterr().err
+            assert "is the input" in err and "even with --force" in err, err
+        assert source.read_bytes() == before
 
 
 def test_temporary_file_is_written_through_its_descriptor(tmp_path):

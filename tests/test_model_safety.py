@@ -104,7 +104,7 @@ def test_changed_weights_or_timesteps_refuse_old_files(tiny_codec, model_copy):
 
 def test_class_name_must_be_the_expected_class(model_copy):
     _edit_json(model_copy / "vae/config.json", lambda d: d.update(_class_name="UNet2DModel"))
-    with pytest.raises(ModelError, match="expected a AutoencoderKL, config declares UNet2DModel"):
+    with pytest.raises(ModelError, match="PatchAutoencoder, config declares UNet2DModel"):
         load_model(model_copy)
 
 

@@ -400,7 +400,11 @@ def load_model(
     vae_builder = None
     if config.vae_decoder is not None:
         vae_builder = partial(build_vae, settings=config.vae_decoder)
-    vae, vae_state, _ = load_part(vae_class(config.vae), base / "vae", "VAE", vae_builder)
+    try:
+        vae_cls = vae_class(config.vae)
+    except ConfigError as exc:
+        raise ModelError(f"{base / 'vae'}: {exc}") from None
+    vae, vae_state, _ = load_part(vae_cls, base / "vae", "VAE", vae_builder)
     unet, unet_state, _ = load_part(UNet2DConditionModel, base / "unet", "UNet")
 
     parts_path = directory / PARTS_FILE

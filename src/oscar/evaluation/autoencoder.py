@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oscar.evaluation.metrics import psnr
+from oscar.evaluation.metrics import colour_shift, psnr
 from oscar.io import crop, image_to_tensor, load_image, pad, tensor_to_image
 from oscar.models.patch_autoencoder import BlockPCA, fit_block_pca
 from oscar.rates import VAE_FACTOR
@@ -65,13 +65,6 @@ def reconstruct(vae, rgb: np.ndarray) -> np.ndarray:
     return tensor_to_image(crop(vae.decode(y).sample.float(), *rgb.shape[:2]))
 
 
-def channel_mean_error(reference: np.ndarray, other: np.ndarray) -> float:
-    """Largest absolute difference of the per-channel image means, in 8-bit levels."""
-    a = reference.reshape(-1, 3).astype(np.float64).mean(0)
-    b = other.reshape(-1, 3).astype(np.float64).mean(0)
-    return float(np.abs(a - b).max())
-
-
 def evaluate_autoencoder(vae, images: Sequence[Path], floor: BlockPCA) -> list[AutoencoderResult]:
     """Per image: the autoencoder against the floor of its own latent width."""
     width = int(vae.config.latent_channels)
@@ -83,7 +76,7 @@ def evaluate_autoencoder(vae, images: Sequence[Path], floor: BlockPCA) -> list[A
         linear = tensor_to_image(crop(floor.reconstruct(x, width).clamp(-1, 1), *rgb.shape[:2]))
         results.append(
             AutoencoderResult(
-                Path(path).name, psnr(rgb, x_hat), psnr(rgb, linear), channel_mean_error(rgb, x_hat)
+                Path(path).name, psnr(rgb, x_hat), psnr(rgb, linear), colour_shift(rgb, x_hat)
             )
         )
     return results

@@ -5,6 +5,7 @@
     per_image.json / .csv     one row per (image, codec, setting): bytes, bpp, metrics, times
     aggregates.json / .csv    means per (codec, kind, level or sweep setting), FID / KID
     bd_rate.csv               BD-rate of each codec against the anchor, per metric
+    head_to_head.csv          per level and baseline: images we win / lose / neither, per metric
     summary.json              configuration, environment, skipped metrics, BD-rates
     rd.png, rd.svg            rate–distortion plots, one panel per metric
     crops/NNN_LL/CODEC.png    the same region of image NNN at level LL for every codec
@@ -32,6 +33,7 @@ from typing import Any
 from PIL import Image
 
 from oscar.evaluation.bdrate import METHOD, BDRate
+from oscar.evaluation.head_to_head import head_to_head, write_head_to_head
 from oscar.evaluation.metrics import LABELS, higher_is_better
 from oscar.evaluation.plots import PublishedPoint, plot_rd
 from oscar.evaluation.records import Aggregate, write_aggregates, write_json, write_records
@@ -118,6 +120,8 @@ def write_outputs(
     write_bd_csv(out_dir / "bd_rate.csv", bdrates)
     files.append(out_dir / "bd_rate.csv")
     shown = [m for m in metrics if m not in result.skipped]
+    write_head_to_head(out_dir / "head_to_head.csv", head_to_head(result.records, shown))
+    files.append(out_dir / "head_to_head.csv")
     files += plot_rd(result.aggregates, shown, out_dir / "rd", published)
     crops = write_crops(result.crops, out_dir)
     summary = {
@@ -239,6 +243,30 @@ def _aggregate_rows(rows: Sequence[Aggregate], metrics: Sequence[str]) -> tuple[
     return out, classes
 
 
+def _head_to_head_section(result: EvalResult, metrics: Sequence[str]) -> list[str]:
+    """Per level and baseline: images where our file wins, loses, or neither (per metric)."""
+    rows = head_to_head(result.records, metrics)
+    if not rows:
+        return []
+    cells = {(r.level, r.codec, r.metric): r for r in rows}
+    pairs = list(dict.fromkeys((r.level, r.codec) for r in rows))
+    body = []
+    for level, codec in pairs:
+        row = [str(level), html.escape(codec)]
+        for m in metrics:
+            r = cells.get((level, codec, m))
+            row.append("" if r is None else f"{r.wins} / {r.losses} / {r.mixed}")
+        body.append(row)
+    return [
+        "<h2>Head to head, per image</h2>",
+        "<p class='meta'>Per level and baseline (at its setting closest to our bytes on each "
+        "image), the number of images where our file <b>wins</b> (metric at least as good, file "
+        "not larger) / <b>loses</b> (the baseline's metric at least as good, its file not "
+        "larger) / neither. Also in head_to_head.csv.</p>",
+        _table(["level", "baseline", *[_metric_header(m) for m in metrics]], body),
+    ]
+
+
 def render_html(
     result: EvalResult,
     metrics: Sequence[str],
@@ -289,6 +317,7 @@ def render_html(
         "is shown); <i>-down2</i>/<i>-down4</i> code a 2×/4× smaller image and upscale it.</p>",
         _table(headers, rows, classes),
     ]
+    parts += _head_to_head_section(result, metrics)
     if bdrates:
         anchor = bdrates[0].anchor
         codecs = list(dict.fromkeys(r.test for r in bdrates))

@@ -86,7 +86,9 @@ def vae_class(vae_config: Mapping[str, Any]) -> type:
     name = vae_config.get("_class_name", "AutoencoderKL")
     classes = {"AutoencoderKL": AutoencoderKL, "PatchAutoencoder": PatchAutoencoder}
     if name not in classes:
-        raise ConfigError(f"vae._class_name {name!r} is not one of {sorted(classes)}")
+        raise ConfigError(
+            f"expected an AutoencoderKL or a PatchAutoencoder, config declares {name}"
+        )
     return classes[name]
 
 
