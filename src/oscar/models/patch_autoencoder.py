@@ -30,8 +30,6 @@ It has the interface of diffusers' ``AutoencoderKL`` that OSCAR uses: ``encode(x
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -226,23 +224,3 @@ def fit_block_pca(images: list[torch.Tensor], patch: int = 8) -> BlockPCA:
     signs = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))
     components = components * signs
     return BlockPCA(components.float(), mean.float(), variances[order].clamp_min(0).float(), patch)
-
-
-def describe(vae: PatchAutoencoder) -> str:
-    """One line for logs and ``oscar info``."""
-    cfg = vae.config
-    return (
-        f"PatchAutoencoder: {cfg.latent_channels} channels, block PCA {cfg.patch_size}x"
-        f"{cfg.patch_size} + residual branches (encoder {cfg.encoder_width}x"
-        f"{cfg.encoder_blocks}, decoder {cfg.decoder_width}x{cfg.decoder_blocks}, pixel "
-        f"{cfg.decoder_pixel_width}x{cfg.decoder_pixel_blocks} at 1/2)"
-    )
-
-
-def psnr_floor(pca: BlockPCA, x: torch.Tensor, channels: int) -> float:
-    """PSNR (dB, 8-bit rounded) of ``x``'s C-component block-PCA code, for [-1,1] images."""
-    x_lin = pca.reconstruct(x, channels).clamp(-1, 1)
-    a = torch.round((x + 1) * 127.5)
-    b = torch.round((x_lin + 1) * 127.5)
-    mse = float((a - b).pow(2).mean())
-    return 10 * math.log10(255**2 / max(mse, 1e-10))
