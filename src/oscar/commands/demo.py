@@ -2,8 +2,9 @@
 
 The README's main job: with no arguments it codes the sample image shipped in the package
 (``oscar/assets/sample.png``, a held-out photograph, CC BY 4.0: assets/SAMPLE-LICENSE.txt) with
-the embedded model and prints, per level, the nominal and measured bpp, PSNR, MS-SSIM and encode / decode times.
-Every rate is measured from the file's bytes; times are wall-clock medians after a warm-up.
+the embedded model and prints, per level, the nominal and measured bpp, PSNR, MS-SSIM and
+encode / decode times. Every rate is measured from the file's bytes; times are wall-clock medians
+after a warm-up.
 """
 
 from __future__ import annotations
