@@ -33,7 +33,7 @@ from typing import Any
 from PIL import Image
 
 from oscar.evaluation.bdrate import METHOD, BDRate
-from oscar.evaluation.head_to_head import head_to_head, write_head_to_head
+from oscar.evaluation.head_to_head import HeadToHead, head_to_head, write_head_to_head
 from oscar.evaluation.metrics import LABELS, higher_is_better
 from oscar.evaluation.plots import PublishedPoint, plot_rd
 from oscar.evaluation.records import Aggregate, write_aggregates, write_json, write_records
@@ -120,7 +120,8 @@ def write_outputs(
     write_bd_csv(out_dir / "bd_rate.csv", bdrates)
     files.append(out_dir / "bd_rate.csv")
     shown = [m for m in metrics if m not in result.skipped]
-    write_head_to_head(out_dir / "head_to_head.csv", head_to_head(result.records, shown))
+    duels = head_to_head(result.records, shown)
+    write_head_to_head(out_dir / "head_to_head.csv", duels)
     files.append(out_dir / "head_to_head.csv")
     files += plot_rd(result.aggregates, shown, out_dir / "rd", published)
     crops = write_crops(result.crops, out_dir)
@@ -134,7 +135,7 @@ def write_outputs(
     }
     write_json(out_dir / "summary.json", summary)
     files.append(out_dir / "summary.json")
-    page = render_html(result, shown, bdrates, info, crops, published, out_dir)
+    page = render_html(result, shown, bdrates, info, crops, published, out_dir, duels)
     (out_dir / "report.html").write_text(page, encoding="utf-8")
     files.append(out_dir / "report.html")
     return files
@@ -243,9 +244,8 @@ def _aggregate_rows(rows: Sequence[Aggregate], metrics: Sequence[str]) -> tuple[
     return out, classes
 
 
-def _head_to_head_section(result: EvalResult, metrics: Sequence[str]) -> list[str]:
+def _head_to_head_section(rows: Sequence[HeadToHead], metrics: Sequence[str]) -> list[str]:
     """Per level and baseline: images where our file wins, loses, or neither (per metric)."""
-    rows = head_to_head(result.records, metrics)
     if not rows:
         return []
     cells = {(r.level, r.codec, r.metric): r for r in rows}
@@ -275,6 +275,7 @@ def render_html(
     crops: Sequence[Mapping[str, Any]],
     published: Sequence[PublishedPoint],
     out_dir: Path,
+    duels: Sequence[HeadToHead] = (),
 ) -> str:
     e = html.escape
     parts = [
@@ -317,7 +318,7 @@ def render_html(
         "is shown); <i>-down2</i>/<i>-down4</i> code a 2×/4× smaller image and upscale it.</p>",
         _table(headers, rows, classes),
     ]
-    parts += _head_to_head_section(result, metrics)
+    parts += _head_to_head_section(duels, metrics)
     if bdrates:
         anchor = bdrates[0].anchor
         codecs = list(dict.fromkeys(r.test for r in bdrates))
