@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size")
     p.add_argument("--no-sweep", action="store_true", help="skip the baselines' own sweeps")
     p.add_argument(
+        "--downscaled",
+        choices=("floor", "always"),
+        default="floor",
+        help="when to also code each baseline on a 2x and 4x smaller copy, upscaled back: "
+        "floor (only where its lowest setting is above our rate) or always (every level)",
+    )
+    p.add_argument(
         "--crops", type=int, default=3, metavar="N", help="images shown as crops in the report"
     )
     p.add_argument("--crop-size", type=positive_int, default=192, help="crop side in pixels")
@@ -237,6 +244,7 @@ def run_eval(args: argparse.Namespace) -> int:
     options = EvalOptions(
         levels=levels,
         sweep=not args.no_sweep,
+        downscaled=args.downscaled,
         crops=args.crops,
         crop_size=args.crop_size,
         steps=args.steps,
@@ -264,6 +272,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "encoder effort": str(codec.effort),
         "decoding steps": f"{args.steps} ({'one-step decoder' if args.steps == 1 else 'DDIM'})",
         "baselines": ", ".join(f"{b.name} ({b.options})" for b in baselines) or "none",
+        "down-scaled baselines": f"2x and 4x, {args.downscaled}",
         "FID/KID protocol": f"{args.fid_patch}px patches"
         + ("" if args.fid_no_shift else " + half-patch-shifted grid")
         + ", resized to 299, pytorch-fid Inception pool3",
