@@ -8,11 +8,11 @@
 #
 # 1. export the run's last stage's model with float16 weights into src/oscar/weights/small
 #    (computation stays float32; the package ships the float16 files);
-# 2. refit the entropy-coder priors on the exported weights (float16 rounding can move indices)
-#    at the default encoder effort, on the training images;
-# 3. make the evaluation copies: the data set rebuilt with its longest side at 768 px (one
-#    Lanczos step from each source file, a Kodak-like size; at 1536 px the evaluation would take
-#    hours on 2 cores);
+# 2. make 768-px copies of the data set: rebuilt with the longest side at 768 px (one Lanczos
+#    step from each source file, a Kodak-like size; at 1536 px the evaluation would take hours
+#    on 2 cores);
+# 3. fit the entropy-coder priors on the exported weights (float16 rounding can move indices)
+#    at the default encoder effort, on the 768-px copies of the training images;
 # 4. evaluate on the held-out photographs against JPEG, WebP, AVIF and JPEG XL at matched measured
 #    bpp, their 2x and 4x down-scaled variants at every level (real bytes; crops of every image in
 #    the report), and the held-out illustrations apart;
@@ -25,11 +25,11 @@ out=${2:-results/small-v2}
 data=${3:-data/photos-v2}
 final=$(ls -d "$run"/[0-9][0-9]-*/model | tail -n 1)
 oscar export "$final" -o src/oscar/weights/small --dtype float16 --force
-oscar fit-priors src/oscar/weights/small "$data/train"
 small="$data-768"
 if [ ! -f "$small/manifest.csv" ]; then
     python scripts/build_dataset.py --out "$small" --max-side 768 --manifest "$small/manifest.csv"
 fi
+oscar fit-priors src/oscar/weights/small "$small/train"
 heldout() {  # the held-out files of one kind, from the manifest
     python - "$small" "$1" <<'EOF'
 import csv, sys
