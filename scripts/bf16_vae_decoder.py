@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
 from oscar.commands.demo import sample_image_path
 from oscar.evaluation.metrics import psnr
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from oscar.allocator import tune_cpu_allocator
 from oscar.config import ModelConfig, VaeDecoderConfig
-from oscar.device import inference_memory_format
 from oscar.models.inference import prepare_vae_decoding
 from oscar.models.vae_decoder import build_vae
+from oscar.runtime.allocator import tune_cpu_allocator
+from oscar.runtime.device import inference_memory_format
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = [  # those measured in the two lighter-decoder recipes

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
+from oscar.coding.prior_fitting import fit_priors
 from oscar.config import ModelConfig
 from oscar.models.oscar import OscarModel
-from oscar.pretrained import save_model
-from oscar.prior_fitting import fit_priors
+from oscar.store.pretrained import save_model
 
 # Tiny models are bound by per-operation overhead, which a second OpenMP thread only adds to
 # (and multiplies when other processes compete for the cores).

@@ -12,9 +12,9 @@ from diffusers import UNet2DConditionModel
 
 from conftest import CONFIGS, make_image
 from oscar.cli import main
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
 from oscar.errors import ModelError
-from oscar.pretrained import BASE_MODEL_ENV, PARTS_FILE, load_model, save_model
+from oscar.store.pretrained import BASE_MODEL_ENV, PARTS_FILE, load_model, save_model
 from tiny_sd import (
     save_tiny_base,
     single_thread,  # noqa: F401 (a fixture, used by pytestmark)

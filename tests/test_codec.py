@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from conftest import build_tiny_model, make_image
-from oscar import bitstream
-from oscar.codec import NoLevelFitsError, OscarCodec
+from oscar.coding import bitstream
+from oscar.coding.codec import NoLevelFitsError, OscarCodec
 from oscar.errors import BitstreamError, FingerprintMismatchError, MalformedError
-from oscar.pretrained import save_model
+from oscar.store.pretrained import save_model
 
 
 @pytest.mark.parametrize("level", range(8))

@@ -22,12 +22,12 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from conftest import ROOT, make_image
 from oscar.cli import main
-from oscar.codec import OscarCodec
-from oscar.convert_official import convert_official, load_checkpoint, map_checkpoint
+from oscar.coding.codec import OscarCodec
 from oscar.errors import ModelError
 from oscar.io import image_to_tensor, tensor_to_image
 from oscar.models.norms import dequantize_rms
-from oscar.pretrained import load_model
+from oscar.store.convert_official import convert_official, load_checkpoint, map_checkpoint
+from oscar.store.pretrained import load_model
 from tiny_sd import (  # noqa: F401 (single_thread: a fixture)
     ADAPTERS,
     SD21,

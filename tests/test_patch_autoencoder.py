@@ -12,14 +12,14 @@ import torch
 from PIL import Image
 
 from conftest import CONFIGS, make_image
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
 from oscar.config import ModelConfig
 from oscar.errors import MalformedError
 from oscar.evaluation.metrics import psnr
 from oscar.io import image_to_tensor, tensor_to_image
 from oscar.models.oscar import OscarModel
 from oscar.models.patch_autoencoder import PatchAutoencoder, fit_block_pca
-from oscar.pretrained import LoadedModel, load_model, save_model
+from oscar.store.pretrained import LoadedModel, load_model, save_model
 
 TINY_PATCH_VAE = {
     "_class_name": "PatchAutoencoder",

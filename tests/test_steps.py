@@ -8,7 +8,7 @@ import torch
 
 from conftest import build_tiny_model, make_image
 from oscar.cli import main
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
 from oscar.errors import ConfigError
 from oscar.models.schedule import x0_estimate
 

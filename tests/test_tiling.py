@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_image
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
 from oscar.errors import ConfigError
-from oscar.tiling import (
+from oscar.runtime.tiling import (
     StageTiles,
     Tiling,
     axis_weights,
@@ -122,8 +122,8 @@ import numpy as np, torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[3])
 from conftest import make_image
-from oscar.codec import OscarCodec
-from oscar.tiling import estimated_peak
+from oscar.coding.codec import OscarCodec
+from oscar.runtime.tiling import estimated_peak
 
 def status(key):
     text = open("/proc/self/status").read()

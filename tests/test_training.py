@@ -22,11 +22,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import CONFIGS, build_tiny_model, make_image
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
 from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
 from oscar.models.hyper import HyperOutput
-from oscar.pretrained import LoadedModel, load_model, save_model
+from oscar.store.pretrained import LoadedModel, load_model, save_model
 from oscar.training.calibration import calibrate, choose_timesteps
 from oscar.training.config import TrainConfig
 from oscar.training.loop import LoopContext, make_accelerator
@@ -746,7 +746,7 @@ def test_joint_lora_writes_the_sd21_layout_and_codes(tmp_path, data_dirs, capsys
     ``unet_lora.*``, names the base, and `oscar compress` / `decompress` use it."""
     from oscar.cli import main
     from oscar.models.lora import LORA_PREFIX
-    from oscar.pretrained import PARTS_FILE
+    from oscar.store.pretrained import PARTS_FILE
     from tiny_sd import save_tiny_base, tiny_sd_model
 
     base = save_tiny_base(tmp_path / "sd21")
@@ -825,7 +825,7 @@ def test_recipe_from_an_architecture_on_a_base_folder(tmp_path, data_dirs):
     """`model` + `base_model`: the VAE and UNet come from the base folder, the OSCAR parts and a
     new LoRA are trained, and the written model references the base instead of copying it."""
     from oscar.models.lora import LORA_PREFIX
-    from oscar.pretrained import PARTS_FILE
+    from oscar.store.pretrained import PARTS_FILE
     from tiny_sd import save_tiny_base
 
     base = save_tiny_base(tmp_path / "sd21")

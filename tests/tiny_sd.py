@@ -67,7 +67,7 @@ def save_tiny_base(folder: Path, seed: int = 0) -> Path:
 
 def tiny_sd_config(base: Path, lora: LoraSettings | None = LORA) -> ModelConfig:
     """The tiny OSCAR config on ``base``: its configs as read from the folder, LoRA on the UNet."""
-    from oscar.diffusers_io import public_config, read_json
+    from oscar.store.diffusers_io import public_config, read_json
 
     config = ModelConfig.from_json_file(CONFIGS / "tiny.json")
     return replace(
@@ -83,7 +83,7 @@ def tiny_sd_config(base: Path, lora: LoraSettings | None = LORA) -> ModelConfig:
 
 def tiny_sd_model(base: Path, seed: int = 0, lora_seed: int = 1) -> OscarModel:
     """A tiny OSCAR model on ``base`` with a trained-looking (random, non-zero) peft LoRA."""
-    from oscar.diffusers_io import load_part
+    from oscar.store.diffusers_io import load_part
 
     config = tiny_sd_config(base)
     vae, _, _ = load_part(AutoencoderKL, base / "vae", "VAE")

@@ -26,7 +26,7 @@ def sample_image_path():
 
 def __getattr__(name: str):
     if name in ("OscarCodec", "EncodedImage"):
-        from oscar import codec
+        from oscar.coding import codec
 
         return getattr(codec, name)
     raise AttributeError(f"module 'oscar' has no attribute {name!r}")

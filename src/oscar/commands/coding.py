@@ -21,7 +21,7 @@ from oscar.commands.common import (
 from oscar.errors import ConfigError
 from oscar.filetypes import IMAGE_SUFFIXES, OUTPUT_FORMATS
 from oscar.filetypes import OSCAR_SUFFIX as FILE_SUFFIX
-from oscar.stages import DECODE_STAGES, ENCODE_STAGES
+from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -94,9 +94,9 @@ def check_compress_args(args: argparse.Namespace) -> tuple[list[Job], int | None
     exist, outputs that are not named as images, the encoder effort, and the level (or the
     level --bpp picks) against the model's rate table. Returns the jobs and the level (None
     with --max-bytes, which picks one per image)."""
-    from oscar.effort import check_effort
-    from oscar.model_files import read_config, resolve_model_dir
+    from oscar.coding.effort import check_effort
     from oscar.rates import nearest_level_by_bpp
+    from oscar.store.model_files import read_config, resolve_model_dir
 
     jobs = plan_outputs(args.inputs, args.output, IMAGE_SUFFIXES, FILE_SUFFIX)
     _check_sources(jobs)
@@ -141,7 +141,7 @@ def run_compress(args: argparse.Namespace) -> int:
 def check_decompress_args(args: argparse.Namespace) -> list[Job]:
     """What decompress can check before the model loads: inputs that exist, outputs in an image
     format (by suffix), existing outputs, and a model directory that reads."""
-    from oscar.model_files import read_config, resolve_model_dir
+    from oscar.store.model_files import read_config, resolve_model_dir
 
     jobs = plan_outputs(args.inputs, args.output, (FILE_SUFFIX,), ".png")
     _check_sources(jobs)

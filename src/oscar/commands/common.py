@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from oscar.effort import DEFAULT_EFFORT
+from oscar.coding.effort import DEFAULT_EFFORT
 from oscar.errors import ConfigError, OscarError
 from oscar.filetypes import find_files
 
@@ -132,12 +132,12 @@ def load_codec(args: argparse.Namespace):
     """An OscarCodec from the common model options (imports torch lazily), with a status line
     on a terminal while torch, diffusers and the weights load."""
     with loading_status(args.model):
-        from oscar.allocator import tune_cpu_allocator
-        from oscar.bitstream import Limits
-        from oscar.codec import OscarCodec
+        from oscar.coding.bitstream import Limits
+        from oscar.coding.codec import OscarCodec
         from oscar.limits import default_max_memory
+        from oscar.runtime.allocator import tune_cpu_allocator
 
-        tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.allocator)
+        tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.runtime.allocator)
         limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
         max_memory = getattr(args, "max_memory", None)
         # No --max-memory: a budget derived from the machine (oscar.limits), so that a large
@@ -230,8 +230,8 @@ def _stage_bar(stages: Sequence[str], job: Job, stacked: bool) -> Iterator[None]
     if not stages:
         yield
         return
-    from oscar.progress import StageProgress
-    from oscar.stages import recording
+    from oscar.runtime.progress import StageProgress
+    from oscar.runtime.stages import recording
 
     position = 1 if stacked else 0
     with StageProgress(stages, job.source.name, position=position) as bar, recording(bar):
@@ -244,7 +244,7 @@ def run_batch(
     """Run ``work`` on every job; a failure is reported with its file and the rest go on.
 
     With ``stages`` (the codec stages ``work`` runs, in order), each file also gets a progress
-    bar of its stages (``oscar.progress``; on a terminal, for calls longer than a second).
+    bar of its stages (``oscar.runtime.progress``; on a terminal, for calls longer than a second).
     Returns the exit code: 0 when all succeeded, 1 when any failed.
     """
     from tqdm.auto import tqdm

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from oscar.convert_official import convert_official
+    from oscar.store.convert_official import convert_official
 
     report = convert_official(args.checkpoint, args.base_model, args.output, force=args.force)
     lora = ", ".join(f"{name} {count}" for name, count in report.lora_modules.items())

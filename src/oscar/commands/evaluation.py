@@ -124,7 +124,7 @@ def _environment(device) -> dict[str, str]:
     import torch
 
     from oscar import __version__
-    from oscar.device import device_name
+    from oscar.runtime.device import device_name
 
     info = {
         "oscar": __version__,
@@ -164,7 +164,7 @@ def check_eval_args(args: argparse.Namespace) -> None:
     from oscar.commands.models import parse_levels
     from oscar.evaluation.baselines import get_baselines
     from oscar.filetypes import find_files
-    from oscar.model_files import read_config, resolve_model_dir
+    from oscar.store.model_files import read_config, resolve_model_dir
 
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
@@ -186,7 +186,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from oscar.commands.common import load_codec
     from oscar.commands.models import parse_levels
-    from oscar.device import is_accelerator
     from oscar.evaluation.baselines import get_baselines
     from oscar.evaluation.bdrate import bd_rates
     from oscar.evaluation.metrics import MetricSuite
@@ -200,6 +199,7 @@ def run_eval(args: argparse.Namespace) -> int:
         list_images,
     )
     from oscar.evaluation.shards import load_partial, save_partial
+    from oscar.runtime.device import is_accelerator
 
     out = Path(args.output)
     index, count, shard_device, state = _shard(args.device)

@@ -50,7 +50,7 @@ def run_info(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- files
 def describe_file(data: bytes, config, limits) -> dict:
     """Header fields and rates of one file, as a JSON-ready dict."""
-    from oscar import bitstream
+    from oscar.coding import bitstream
 
     container = bitstream.read(data, limits)
     h = container.header
@@ -86,9 +86,9 @@ def describe_file(data: bytes, config, limits) -> dict:
 
 
 def _print_files(args: argparse.Namespace) -> int:
-    from oscar.bitstream import Limits
+    from oscar.coding.bitstream import Limits
     from oscar.errors import ConfigError, OscarError
-    from oscar.model_files import MODEL_FILE, read_config, resolve_model_dir  # no torch
+    from oscar.store.model_files import MODEL_FILE, read_config, resolve_model_dir  # no torch
 
     limits = Limits(max_pixels=args.max_pixels)
     try:
@@ -155,10 +155,10 @@ def _print_files(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- model
 def describe_model(loaded) -> dict:
-    """A loaded model (``oscar.pretrained.LoadedModel``) as a JSON-ready dict: what identifies
+    """A loaded model (``oscar.store.pretrained.LoadedModel``) as a JSON-ready dict: what identifies
     it, what it is made of and its rate table. Parameters are counted as loaded (a UNet LoRA
     merged into the UNet's weights; its stored factors are counted apart)."""
-    from oscar.pretrained import FINGERPRINT_BYTES, embedded_model_dir
+    from oscar.store.pretrained import FINGERPRINT_BYTES, embedded_model_dir
 
     model, config = loaded.model, loaded.model.config
 
@@ -229,7 +229,7 @@ def _millions(n: int) -> str:
 
 
 def _print_model(args: argparse.Namespace) -> int:
-    from oscar.pretrained import load_model, resolve_model_dir
+    from oscar.store.pretrained import load_model, resolve_model_dir
 
     loaded = load_model(resolve_model_dir(args.model), args.base_model)
     info = describe_model(loaded)

@@ -130,10 +130,10 @@ def check_train_data(config, recipe: str) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    from oscar.coding.prior_fitting import find_images
     from oscar.commands.models import parse_levels
-    from oscar.device import resolve_device
-    from oscar.pretrained import load_model, write_model_config
-    from oscar.prior_fitting import find_images
+    from oscar.runtime.device import resolve_device
+    from oscar.store.pretrained import load_model, write_model_config
     from oscar.training.calibration import calibrate, format_table
 
     device = resolve_device(args.device)

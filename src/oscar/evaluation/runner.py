@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from oscar import bitstream
+from oscar.coding import bitstream
 from oscar.evaluation.baselines import (
     Baseline,
     EncodingCache,

@@ -24,7 +24,7 @@ import numpy as np
 
 def expensive_file(codec: Any, level: int, height: int, width: int) -> bytes:
     """The smallest valid file for ``codec`` announcing ``height`` × ``width`` at ``level``."""
-    from oscar.codec import EncodedImage
+    from oscar.coding.codec import EncodedImage
 
     h, w = codec.token_grid(height, width, level)
     indices = np.zeros((h, w), dtype=np.int64)

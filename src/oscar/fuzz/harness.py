@@ -64,7 +64,7 @@ def _stage(exc: Exception, container_ok: bool, coder_id: int | None) -> str:
     from oscar.errors import FingerprintMismatchError
 
     if not container_ok:
-        return "container"  # oscar.bitstream.read: magic .. CRC .. flags .. limits
+        return "container"  # oscar.coding.bitstream.read: magic .. CRC .. flags .. limits
     if isinstance(exc, FingerprintMismatchError) or "rate table" in str(exc):
         return "model"
     return {0: "payload-fixed", 1: "payload-entropy"}.get(coder_id, "payload")
@@ -134,7 +134,7 @@ def check_input(
 
     if info is None:
         raise violation("unpack accepted a file that info's parser rejects")
-    from oscar.entropy import CODER_NAMES
+    from oscar.coding.entropy import CODER_NAMES
 
     if report is not None:
         report.stages["accepted"] += 1
@@ -162,7 +162,7 @@ def make_seeds(codec: Any, sizes: Sequence[tuple[int, int]] | None = None) -> li
     greyscale images of a few sizes within the codec's pixel limit."""
     import numpy as np
 
-    from oscar.codec import EncodedImage
+    from oscar.coding.codec import EncodedImage
 
     limit = codec.limits.max_pixels
     sizes = sizes or [(1, 1), (16, 16), (9, 100), (32, 32)]

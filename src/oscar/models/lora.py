@@ -148,7 +148,7 @@ def check_adapter(
 
     Names and shapes always; with ``values`` also that every tensor is finite floating point.
     """
-    from oscar.safe_build import state_problems
+    from oscar.store.safe_build import state_problems
 
     expected: dict[str, tuple[int, ...]] = dict(expected_lora_shapes(unet, adapter.settings))
     params = dict(unet.named_parameters())
@@ -158,7 +158,7 @@ def check_adapter(
     problems = state_problems(expected, adapter.tensors)
     if problems:
         raise ModelError(f"{where}: UNet LoRA does not match the UNet: " + "; ".join(problems))
-    from oscar.diffusers_io import all_finite
+    from oscar.store.diffusers_io import all_finite
 
     for key, t in adapter.tensors.items() if values else ():
         if not t.is_floating_point() or not all_finite(t):

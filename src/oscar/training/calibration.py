@@ -48,8 +48,8 @@ def measure_cosines(
     progress: bool = True,
 ) -> dict[int, list[float]]:
     """Per level, cos(z_t, y) of every image."""
-    from oscar.codec import OscarCodec
-    from oscar.pretrained import LoadedModel
+    from oscar.coding.codec import OscarCodec
+    from oscar.store.pretrained import LoadedModel
 
     # optimize=False: the inference tuning would change the layout of the model being trained
     codec = OscarCodec(LoadedModel.from_model(model), device=device, optimize=False)

@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
+from oscar.coding.priors import IndexPriors
 from oscar.config import ModelConfig
-from oscar.device import device_name
 from oscar.errors import ConfigError
 from oscar.models.oscar import OscarModel
-from oscar.pretrained import load_model, model_on_base, require_fingerprint, save_model
-from oscar.priors import IndexPriors
-from oscar.provenance import cpu_model
+from oscar.runtime.device import device_name
+from oscar.runtime.provenance import cpu_model
+from oscar.store.pretrained import load_model, model_on_base, require_fingerprint, save_model
 from oscar.training.config import TRAINING_KINDS, StageConfig, TrainConfig
 from oscar.training.loop import (
     EMA,
@@ -234,9 +234,9 @@ def _run_tool_stage(ctx: LoopContext, model: OscarModel, priors, record: dict) -
         log.info("calibration:\n%s", format_table(rows))
         print(format_table(rows))
     elif sc.kind == "priors":
-        from oscar.codec import OscarCodec
-        from oscar.pretrained import LoadedModel
-        from oscar.prior_fitting import fit_priors
+        from oscar.coding.codec import OscarCodec
+        from oscar.coding.prior_fitting import fit_priors
+        from oscar.store.pretrained import LoadedModel
 
         codec = OscarCodec(LoadedModel.from_model(model), device=ctx.device, optimize=False)
         levels = None if sc.levels == "all" else list(sc.levels)

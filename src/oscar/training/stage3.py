@@ -44,7 +44,7 @@ from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
 from oscar.models.oscar import vae_decode
 from oscar.models.vae_decoder import replace_decoder
-from oscar.pretrained import load_model, require_fingerprint
+from oscar.store.pretrained import load_model, require_fingerprint
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import l1, make_perceptual, value
 from oscar.training.stage1 import resolve_levels

@@ -111,9 +111,9 @@ class Stage:
         """Encode and decode the held-out images at ``levels`` with the in-memory model."""
         if not self.validation_images or not self.ctx.is_main:
             return {}
-        from oscar.codec import OscarCodec
+        from oscar.coding.codec import OscarCodec
         from oscar.evaluation.runner import aggregate, evaluate_oscar
-        from oscar.pretrained import LoadedModel
+        from oscar.store.pretrained import LoadedModel
 
         was_training = self.model.training
         self.model.eval()

@@ -8,11 +8,11 @@ What one *configuration* (image size, level, dtype, batch size) measures::
 
 Encoding and every number of decoding steps are interleaved within each repeat, so slow
 periods on a shared machine hit all of them alike and their ratios stay fair. Each run records
-the wall time of every stage of ``oscar.stages`` (the codec's own code paths, with the device
-synchronised on GPU), the process CPU time, and peak memory: torch's allocator on GPU, resident
-set size (RSS, the whole process: libraries and weights included) on CPU. Stages not listed in
-``oscar.stages`` (input checks, Python glue) appear as ``other`` = end to end − Σ stages.
-Each configuration also measures the machine's float32 speed (:func:`float32_throughput`),
+the wall time of every stage of ``oscar.runtime.stages`` (the codec's own code paths, with the
+device synchronised on GPU), the process CPU time, and peak memory: torch's allocator on GPU,
+resident set size (RSS, the whole process: libraries and weights included) on CPU. Stages not
+listed in ``oscar.runtime.stages`` (input checks, Python glue) appear as ``other`` = end to end − Σ
+stages. Each configuration also measures the machine's float32 speed (:func:`float32_throughput`),
 so that results from different machines can be compared.
 
 On CPU, ``run_isolated`` runs each configuration in a fresh Python process so that one
@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from oscar.effort import DEFAULT_EFFORT
-from oscar.provenance import environment, load_average
-from oscar.stages import DECODE_STAGES, ENCODE_STAGES
+from oscar import sample_image_path
+from oscar.coding.effort import DEFAULT_EFFORT
+from oscar.runtime.provenance import environment, load_average
+from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class BenchConfig:
     baseline: bool = False  # the path before tuning: default allocator, networks as diffusers
     compare_float32: bool = True  # for other dtypes, measure the pixel difference to float32
     flops: bool = True  # count floating-point operations per stage (one extra, untimed run)
-    effort: int = DEFAULT_EFFORT  # encoder effort (oscar.index_search)
+    effort: int = DEFAULT_EFFORT  # encoder effort (oscar.coding.index_search)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -85,7 +86,7 @@ def bench_image(height: int, width: int) -> np.ndarray:
     """The packaged sample image, mirrored and tiled to (height, width, 3) uint8."""
     from PIL import Image
 
-    with Image.open(Path(__file__).parent / "assets" / "sample.png") as image:
+    with Image.open(sample_image_path()) as image:
         tile = np.asarray(image.convert("RGB"))
     tile = np.concatenate([tile, tile[:, ::-1]], axis=1)
     tile = np.concatenate([tile, tile[::-1]], axis=0)
@@ -164,10 +165,10 @@ class Run:
 
 
 class Recorder:
-    """Measures stages (``oscar.stages``) and whole runs on one device."""
+    """Measures stages (``oscar.runtime.stages``) and whole runs on one device."""
 
     def __init__(self, device) -> None:
-        from oscar import device as dev
+        from oscar.runtime import device as dev
 
         self.device = device
         self._dev = dev
@@ -203,7 +204,7 @@ class Recorder:
     @contextmanager
     def record(self) -> Iterator[Run]:
         """Record one end-to-end run (the stages inside it are added to it)."""
-        from oscar.stages import recording
+        from oscar.runtime.stages import recording
 
         self._dev.synchronize(self.device)
         self._reset_peak()
@@ -289,7 +290,7 @@ def float32_throughput(device, repeats: int = 5) -> dict[str, float]:
     """
     import torch
 
-    from oscar.device import synchronize
+    from oscar.runtime.device import synchronize
 
     def rate(work, flop: float) -> float:
         for _ in range(2):
@@ -318,7 +319,7 @@ def float32_throughput(device, repeats: int = 5) -> dict[str, float]:
 
 
 def _load_codec(config: BenchConfig, dtype: str | None = None):
-    from oscar.codec import OscarCodec
+    from oscar.coding.codec import OscarCodec
 
     return OscarCodec.from_pretrained(
         config.model,
@@ -336,7 +337,7 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
     """
     import torch
 
-    from oscar.allocator import tune_cpu_allocator
+    from oscar.runtime.allocator import tune_cpu_allocator
 
     allocator_tuned = False if config.baseline else tune_cpu_allocator()
     if config.threads is not None:
@@ -388,7 +389,7 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
         save_file.write_bytes(files[0][0])
     flops: dict[str, dict[str, int]] = {}
     if config.flops:
-        from oscar.stages import recording
+        from oscar.runtime.stages import recording
 
         for key, work in [("encode", encode), ("1", lambda: decode(files[0], 1))]:
             with recording(FlopRecorder()) as counter:
@@ -466,7 +467,7 @@ def decode_only(config: BenchConfig, path: Path) -> dict[str, Any]:
     Its peak memory is what decoding alone needs: in the main measurement the same process has
     encoded first, and memory the allocator keeps from that can raise the decoding peak.
     """
-    from oscar.allocator import tune_cpu_allocator
+    from oscar.runtime.allocator import tune_cpu_allocator
 
     allocator_tuned = False if config.baseline else tune_cpu_allocator()
     codec = _load_codec(config)
@@ -485,7 +486,9 @@ def decode_only(config: BenchConfig, path: Path) -> dict[str, Any]:
 
 def _run_child(args: Sequence[str], out: Path) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "oscar.bench", *args, str(out)], capture_output=True, text=True
+        [sys.executable, "-m", "oscar.bench.timing", *args, str(out)],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0 or not out.is_file():
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -534,7 +537,7 @@ def run_benchmark(configs: Sequence[BenchConfig], isolate: bool, progress=None) 
 
 
 def _child_main(argv: Sequence[str]) -> int:
-    """For run_isolated: ``python -m oscar.bench CONFIG_JSON FILE OUT_JSON`` measures one
+    """For run_isolated: ``python -m oscar.bench.timing CONFIG_JSON FILE OUT_JSON`` measures one
     configuration and writes its first file to FILE; ``--decode-only CONFIG_JSON FILE OUT_JSON``
     decodes FILE once."""
     only = argv[0] == "--decode-only"

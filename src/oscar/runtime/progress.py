@@ -2,11 +2,12 @@
 
 On two CPU cores a 12-megapixel photo takes tens of seconds to compress and about a minute to
 decompress (``--steps 20``: several minutes); with no display the command looks hung.
-:class:`StageProgress` is a stage recorder (``oscar.stages``): the codec already marks each stage
-of its pipeline, and its inner loops report themselves with :func:`oscar.stages.progress`
-(DDIM steps in ``OscarModel.denoise``, tiles in ``tiling.tiled_map``). The bar is drawn only on a
-terminal and only once the call has run for ``delay`` seconds, so quick images, pipes and logs
-get nothing extra; it is cleared when the call ends.
+:class:`StageProgress` is a stage recorder (``oscar.runtime.stages``): the codec already marks each
+stage of its pipeline, and its inner loops report themselves with
+:func:`oscar.runtime.stages.progress` (DDIM steps in ``OscarModel.denoise``, tiles in
+``tiling.tiled_map``). The bar is drawn only on a terminal and only once the call has run for
+``delay`` seconds, so quick images, pipes and logs get nothing extra; it is cleared when the call
+ends.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tables from ``oscar bench`` results: fixed-width text for the terminal, Markdown for files.
 
-Both read the JSON document of :func:`oscar.bench.run_benchmark` (schema ``oscar-bench/1``).
+Both read the JSON document of :func:`oscar.bench.timing.run_benchmark` (schema ``oscar-bench/1``).
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from oscar.effort import DEFAULT_EFFORT
-from oscar.stages import DECODE_STAGES, ENCODE_STAGES
+from oscar.coding.effort import DEFAULT_EFFORT
+from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES
 
 
 def _ms(seconds: float) -> str:
@@ -140,7 +140,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def throughput_text(gflops: dict[str, float]) -> str:
-    """The machine's measured float32 speed (oscar.bench.float32_throughput), in words."""
+    """The machine's measured float32 speed (oscar.bench.timing.float32_throughput), in words."""
     return f"{gflops['matmul']:.0f} GFLOP/s (matmul), {gflops['conv3x3']:.0f} GFLOP/s (3×3 conv)"
 
 

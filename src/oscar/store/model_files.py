@@ -2,7 +2,7 @@
 
 This module imports neither torch nor diffusers, so that commands can check a model's rate table
 (levels, bpp range) and file headers before anything heavy loads. Loading weights is
-``oscar.pretrained``'s job; it re-exports everything here.
+``oscar.store.pretrained``'s job; it re-exports everything here.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def _base_folder(directory: Path, configured: str | None, given: str | Path | No
 
 def embedded_model_dir() -> Path:
     """The model shipped inside the package (``oscar/weights/small``)."""
-    return Path(__file__).parent / "weights" / "small"
+    return Path(__file__).parents[1] / "weights" / "small"
 
 
 def resolve_model_dir(model: str | Path | None) -> Path:

@@ -8,9 +8,10 @@
     decompress: bytes ─parse, check─► indices ─g_s─► y_tilde ─rescale─► z_t ─UNet─► y_hat
                 ─VAE─► x_hat ─crop─► image
 
-Each step runs inside ``with stage(name)`` (``oscar.stages``): a no-op unless ``oscar bench`` is
-recording, so the benchmark times exactly this code. ``decompress(data, steps=N)`` replaces the
-one UNet pass by N deterministic DDIM steps (same file; ``steps=1`` is the default decoder).
+Each step runs inside ``with stage(name)`` (``oscar.runtime.stages``): a no-op unless ``oscar
+bench`` is recording, so the benchmark times exactly this code. ``decompress(data, steps=N)``
+replaces the one UNet pass by N deterministic DDIM steps (same file; ``steps=1`` is the default
+decoder).
 
 Every image is padded to the model's ``pad_multiple`` (the least common multiple of all grid
 factors and the UNet's downsampling, 64 for the default ladder) so that the latent is computed
@@ -29,19 +30,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from oscar import bitstream
-from oscar.allocator import allocator_for_pixels
-from oscar.bitstream import Container, Header, Limits
-from oscar.determinism import single_thread, thread_independent
-from oscar.device import inference_memory_format, resolve_device, resolve_dtype
-from oscar.effort import DEFAULT_EFFORT, check_effort
-from oscar.entropy import (
+from oscar.coding import bitstream
+from oscar.coding.bitstream import Container, Header, Limits
+from oscar.coding.effort import DEFAULT_EFFORT, check_effort
+from oscar.coding.entropy import (
     FIXED_CODER_ID,
     PRIOR_CODER_ID,
     FixedLengthCoder,
     IndexCoder,
     PriorCoder,
 )
+from oscar.coding.index_search import search_indices
 from oscar.errors import (
     ConfigError,
     FingerprintMismatchError,
@@ -49,7 +48,6 @@ from oscar.errors import (
     MalformedError,
     OscarError,
 )
-from oscar.index_search import search_indices
 from oscar.io import (
     SourceImage,
     crop,
@@ -62,10 +60,13 @@ from oscar.io import (
     to_rgb,
 )
 from oscar.models.inference import prepare_vae_decoding, use_subpixel_upsampling
-from oscar.pretrained import LoadedModel, load_model, resolve_model_dir
 from oscar.rates import RateLevel
-from oscar.stages import stage
-from oscar.tiling import Tiling, plan_tiling
+from oscar.runtime.allocator import allocator_for_pixels
+from oscar.runtime.determinism import single_thread, thread_independent
+from oscar.runtime.device import inference_memory_format, resolve_device, resolve_dtype
+from oscar.runtime.stages import stage
+from oscar.runtime.tiling import Tiling, plan_tiling
+from oscar.store.pretrained import LoadedModel, load_model, resolve_model_dir
 
 CoderChoice = Literal["auto", "entropy", "fixed"]
 ImageLike = Image.Image | np.ndarray | SourceImage | str | Path
@@ -129,7 +130,7 @@ class OscarCodec:
         self.device = torch.device(device) if device else next(self.model.parameters()).device
         self.model.to(self.device)
         # The networks' inference dtype (UNet; the VAE's too, unless float16 keeps it float32:
-        # oscar.pretrained); hyper-coders, latents and side info stay float32.
+        # oscar.store.pretrained); hyper-coders, latents and side info stay float32.
         self.dtype = self.model.unet.dtype
         self.limits = limits or Limits()
         self.pad_multiple = self.model.config.pad_multiple
@@ -146,13 +147,15 @@ class OscarCodec:
         # One coder of each kind, so the prior coder's per-level models are built once.
         self._fixed = FixedLengthCoder()
         self._prior = PriorCoder(loaded.priors) if loaded.priors is not None else None
-        # Large images (oscar.tiling): tile side cap in pixels and/or a working-memory budget in
-        # bytes. Neither changes the file format; both only change how the networks are run.
+        # Large images (oscar.runtime.tiling): tile side cap in pixels and/or a working-memory
+        # budget in bytes. Neither changes the file format; both only change how the networks are
+        # run.
         self.tile_size = tile_size
         self.max_memory = max_memory
         self.tiling("encode", self.pad_multiple, self.pad_multiple)  # early check of the options
-        # Encoder effort (oscar.index_search): rounds of index search after the nearest-codeword
-        # choice (0: nearest codewords only). The decoder and the format do not depend on it.
+        # Encoder effort (oscar.coding.index_search): rounds of index search after the
+        # nearest-codeword choice (0: nearest codewords only). The decoder and the format do not
+        # depend on it.
         self.effort = check_effort(effort)
 
     @classmethod
@@ -174,9 +177,9 @@ class OscarCodec:
         inference dtype of the UNet and VAE; files are interchangeable between dtypes and devices
         (``bfloat16`` is faster on CPUs with AVX-512 BF16 and changes the pixels slightly, see
         BENCHMARKS.md). ``optimize=False`` runs the networks exactly as diffusers builds them.
-        ``effort`` is the number of rounds of the encoder's index search (``oscar.index_search``;
-        default DEFAULT_EFFORT, 0 = nearest codewords only: faster, lower quality); the decoder
-        is the same whatever the effort.
+        ``effort`` is the number of rounds of the encoder's index search
+        (``oscar.coding.index_search``; default DEFAULT_EFFORT, 0 = nearest codewords only: faster,
+        lower quality); the decoder is the same whatever the effort.
         """
         dev = resolve_device(device)
         dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
@@ -256,7 +259,8 @@ class OscarCodec:
             x = pad(x, self.pad_multiple)
         allocator_for_pixels(x.shape[0] * x.shape[2] * x.shape[3])
         with stage("vae_encode"), thread_independent(self.model.vae):
-            # Thread-count-independent bits (oscar.determinism): the bytes must not depend on it.
+            # Thread-count-independent bits (oscar.runtime.determinism): the bytes must not depend
+            # on it.
             y = self.model.encode_latent(x, tiles)
             del x  # a 4K image is 100 MB per float32 copy
             codes = self.model.side_info(y).cpu().numpy()
@@ -271,7 +275,7 @@ class OscarCodec:
     def hyper_encode_batch(self, y: torch.Tensor, level: int) -> np.ndarray:
         """Latents y (B, 4, H/8, W/8) → indices (B, h, w) int64 (g_a, then the quantiser)."""
         hyper = self.model.hyper_coder(level)
-        # One thread: the decisions must not depend on the thread count (oscar.determinism).
+        # One thread: the decisions must not depend on the thread count (oscar.runtime.determinism).
         with stage("hyper_analysis"), single_thread():
             u = hyper.g_a(y)
         with stage("quantize"), single_thread():

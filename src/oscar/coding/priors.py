@@ -90,7 +90,7 @@ class IndexPriors:
     @classmethod
     def load(cls, path: str | Path, levels: tuple[RateLevel, ...]) -> IndexPriors:
         """Read and validate tables against the rate table (size K, values ≥ 1, bounded sum)."""
-        from oscar.model_files import read_bounded
+        from oscar.store.model_files import read_bounded
 
         path = Path(path)
         data = read_bounded(path, "priors", MAX_PRIORS_BYTES)  # bounded, regular file only

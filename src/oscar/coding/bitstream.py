@@ -31,7 +31,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from oscar.coder_ids import CODER_NAMES
+from oscar.coding.coder_ids import CODER_NAMES
 from oscar.errors import (
     BadMagicError,
     ChecksumError,

@@ -4,8 +4,8 @@
 normal case) that is a no-op costing one context-variable lookup. ``oscar bench`` installs a
 recorder with :func:`recording`, so the timings it reports come from the very code paths that
 ``compress`` and ``decompress`` run, not from a copy of the pipeline; the ``oscar`` command's
-progress bar (``oscar.progress``) is another recorder, which loops inside a stage feed through
-:func:`progress`.
+progress bar (``oscar.runtime.progress``) is another recorder, which loops inside a stage feed
+through :func:`progress`.
 
 Stages, in pipeline order (what each one covers):
 
@@ -14,7 +14,7 @@ pad                uint8 image → float tensor in [-1, 1] on the device, padded
 vae_encode         VAE encoder (posterior mean, scaled) and the per-channel RMS side info
 hyper_analysis     g_a of the level: latent y → features u
 quantize           cosine VQ: features u → indices (nearest unit-norm codeword)
-index_search       effort > 0 (default 4): search for better indices (oscar.index_search);
+index_search       effort > 0 (default 4): search for better indices (oscar.coding.index_search);
                    then the indices go to the host
 entropy_code       index coder(s), header, checksum → file bytes
 parse              file bytes → header checks, index decoding (the typed record)
@@ -60,7 +60,7 @@ def stage(name: str) -> Iterator[None]:
 def progress(what: str, current: int, total: int) -> None:
     """Report that ``what`` number ``current`` of ``total`` (a DDIM step, a tile) starts.
 
-    For progress displays (``oscar.progress``); a no-op unless the installed recorder has an
+    For progress displays (``oscar.runtime.progress``); a no-op unless the installed recorder has an
     ``inner_progress`` method.
     """
     report = getattr(_recorder.get(), "inner_progress", None)

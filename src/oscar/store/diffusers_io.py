@@ -32,8 +32,8 @@ from safetensors import SafetensorError, safe_open
 from oscar.errors import ModelError
 from oscar.filetypes import open_regular_file
 from oscar.limits import MAX_METADATA_BYTES
-from oscar.model_files import public_config, read_json
-from oscar.safe_build import build_on_meta, state_problems
+from oscar.store.model_files import public_config, read_json
+from oscar.store.safe_build import build_on_meta, state_problems
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 WEIGHTS_FILE = f"{WEIGHTS_NAME}.safetensors"

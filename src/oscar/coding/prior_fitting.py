@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
+from oscar.coding.priors import IndexPriors
 from oscar.filetypes import find_files
-from oscar.priors import IndexPriors
 
 log = logging.getLogger(__name__)
 

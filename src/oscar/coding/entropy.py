@@ -7,7 +7,8 @@ that produced the indices.
 - ``FixedLengthCoder`` (id 0): ceil(log2 K) bits per index, most significant bit first, the last
   byte padded with zero bits. Its size is the nominal rate (plus < 1 byte of padding).
 - ``PriorCoder`` (id 1): constriction's range coder with a categorical model from the level's
-  integer frequency table (oscar.priors). Output is a whole number of big-endian 32-bit words.
+  integer frequency table (oscar.coding.priors). Output is a whole number of big-endian 32-bit
+  words.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from typing import TYPE_CHECKING, Protocol
 import constriction
 import numpy as np
 
-from oscar.coder_ids import CODER_NAMES, FIXED_CODER_ID, PRIOR_CODER_ID  # noqa: F401 (re-exported)
+from oscar.coding.coder_ids import CODER_NAMES, FIXED_CODER_ID, PRIOR_CODER_ID  # noqa: F401 (re-exported)
 from oscar.errors import MalformedError, ModelError
 from oscar.rates import RateLevel
 
-if TYPE_CHECKING:  # oscar.priors imports torch; `oscar info FILE` parses headers without it
-    from oscar.priors import IndexPriors
+if TYPE_CHECKING:  # oscar.coding.priors imports torch; `oscar info FILE` parses headers without it
+    from oscar.coding.priors import IndexPriors
 
 
 # constriction's default range coder quantises probabilities to 24 bits, so no symbol costs

@@ -8,8 +8,8 @@ on the meta device (shapes, no memory) with a budget: the number of elements its
 holds (the file is read first; what that allocates is bounded by the file's size, not by a
 config). Building stops as soon as the budget is passed, and the shapes must then match the
 file exactly (``state_problems``, the one comparison used for every part) before anything real
-is allocated: diffusers parts are filled by assignment (oscar.diffusers_io), the OSCAR parts are
-built for real only after the check (oscar.pretrained).
+is allocated: diffusers parts are filled by assignment (oscar.store.diffusers_io), the OSCAR parts
+are built for real only after the check (oscar.store.pretrained).
 """
 
 from __future__ import annotations

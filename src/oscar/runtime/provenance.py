@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when running from one
+SOURCE_ROOT = Path(__file__).resolve().parents[3]  # the checkout, when running from one
 MAX_CHANGED_PATHS = 50  # of a dirty checkout, recorded by git_state
 
 
@@ -113,8 +113,8 @@ def environment(device_name: str = "auto") -> dict[str, Any]:
     """Machine, library versions and source commit, for a results file."""
     import torch
 
-    from oscar.device import device_name as accelerator_name
-    from oscar.device import resolve_device
+    from oscar.runtime.device import device_name as accelerator_name
+    from oscar.runtime.device import resolve_device
 
     device = resolve_device(device_name)
     return {

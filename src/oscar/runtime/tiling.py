@@ -41,10 +41,10 @@ from typing import Any
 
 import torch
 
-from oscar import stages
 from oscar.errors import ConfigError
 from oscar.limits import parse_memory  # noqa: F401  (re-exported: callers import it from here)
 from oscar.rates import VAE_FACTOR
+from oscar.runtime import stages
 
 
 @dataclass(frozen=True)

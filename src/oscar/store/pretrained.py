@@ -17,7 +17,7 @@ decoder (oscar.models.vae_decoder): diffusers alone cannot load such a ``vae/`` 
 
 A model built on Stable Diffusion 2.1 has no ``vae/``, ``unet/``, ``scheduler/`` of its own: its
 config names a ``base_model`` folder (diffusers format; weights as one safetensors file, shards,
-or an fp16 variant: oscar.diffusers_io), and ``oscar.json`` keeps a copy of the base's configs
+or an fp16 variant: oscar.store.diffusers_io), and ``oscar.json`` keeps a copy of the base's configs
 under ``"base"`` so that a wrong base folder (say 2.1-base, 512 px epsilon, instead of 2.1 768 v)
 is refused by name. The base folder is, in order: the one given (``--base-model``),
 ``$OSCAR_BASE_MODEL``, the config's ``base_model`` (relative paths from the model directory).
@@ -43,33 +43,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from oscar.coding.priors import IndexPriors
 from oscar.config import ModelConfig
-from oscar.diffusers_io import (
-    check_finite,
-    load_part,
-    public_config,
-    read_json,
-    read_safetensors,
-    state_problems,
-)
 from oscar.errors import ConfigError, ModelError
 from oscar.io import give_usual_permissions
-from oscar.model_files import (  # the parts that read no weights (no torch, no diffusers)
-    BASE_MODEL_ENV,  # noqa: F401 (re-exported)
-    FINGERPRINT_BYTES,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MODEL_FILE,
-    PARTS_FILE,
-    PRIORS_FILE,
-    SCHEDULER_FILE,
-    WEIGHTS_FILE,
-    _base_folder,
-    _read_meta,
-    embedded_model_dir,  # noqa: F401 (re-exported)
-    read_config,
-    resolve_model_dir,  # noqa: F401 (re-exported)
-)
 from oscar.models.lora import (
     LORA_PREFIX,
     UnetAdapter,
@@ -85,8 +62,31 @@ from oscar.models.lora import (
 )
 from oscar.models.oscar import OscarModel
 from oscar.models.vae_decoder import build_vae, vae_class
-from oscar.priors import IndexPriors
-from oscar.safe_build import check_buildable
+from oscar.store.diffusers_io import (
+    check_finite,
+    load_part,
+    public_config,
+    read_json,
+    read_safetensors,
+    state_problems,
+)
+from oscar.store.model_files import (  # the parts that read no weights (no torch, no diffusers)
+    BASE_MODEL_ENV,  # noqa: F401 (re-exported)
+    FINGERPRINT_BYTES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    PARTS_FILE,
+    PRIORS_FILE,
+    SCHEDULER_FILE,
+    WEIGHTS_FILE,
+    _base_folder,
+    _read_meta,
+    embedded_model_dir,  # noqa: F401 (re-exported)
+    read_config,
+    resolve_model_dir,  # noqa: F401 (re-exported)
+)
+from oscar.store.safe_build import check_buildable
 
 # Config fields that describe but do not change decoding.
 _DESCRIPTIVE = {"name", "base_model"}

@@ -1,6 +1,6 @@
 """The encoder-effort option: its range, its default and its check (torch-free, for the CLI).
 
-Effort N is N rounds of index search after the nearest-codeword choice (oscar.index_search).
+Effort N is N rounds of index search after the nearest-codeword choice (oscar.coding.index_search).
 """
 
 from __future__ import annotations

@@ -47,13 +47,6 @@ from typing import Any
 import torch
 
 from oscar.config import HyperConfig, LoraSettings, ModelConfig
-from oscar.diffusers_io import (
-    build_empty,
-    check_finite,
-    find_weights,
-    public_config,
-    read_json,
-)
 from oscar.errors import ConfigError, ModelError
 from oscar.models.hyper import HyperCoder
 from oscar.models.lora import (
@@ -64,7 +57,14 @@ from oscar.models.lora import (
     lora_target_names,
 )
 from oscar.rates import RateLevel
-from oscar.safe_build import state_problems
+from oscar.store.diffusers_io import (
+    build_empty,
+    check_finite,
+    find_weights,
+    public_config,
+    read_json,
+)
+from oscar.store.safe_build import state_problems
 
 logger = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ def convert_official(
     With ``verify`` the written directory is loaded once (base weights included) and its
     fingerprint is reported.
     """
-    from oscar.pretrained import SCHEDULER_FILE, load_model, write_model_files
+    from oscar.store.pretrained import SCHEDULER_FILE, load_model, write_model_files
 
     checkpoint, base, output = Path(checkpoint), Path(base_model).resolve(), Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:

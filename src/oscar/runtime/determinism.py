@@ -14,8 +14,8 @@ convolutions, group norms and elementwise operations gave the same bits at any t
   split a reduction across threads (1×1 convolutions, linear layers, attention's matrix
   products) run with one thread; the 3×3 convolutions, which dominate its cost, keep all
   threads;
-- the hyper-analysis, the quantiser and the index search (``oscar.index_search``), small next to
-  the VAE, run with one thread throughout, gradients included.
+- the hyper-analysis, the quantiser and the index search (``oscar.coding.index_search``), small
+  next to the VAE, run with one thread throughout, gradients included.
 
 The one-thread layers and the untouched operations compute every output value with a fixed order
 of operations, so the indices (and the bytes) are the same at any thread count: tested at 1 and
@@ -109,9 +109,10 @@ def _worker(threads: int, efforts: list[int], out: str, image: str | None) -> No
     import numpy as np
 
     torch.set_num_threads(threads)
-    from oscar.codec import OscarCodec
+    from oscar import sample_image_path
+    from oscar.coding.codec import OscarCodec
 
-    sample = Path(__file__).parent / "assets" / "sample.png"
+    sample = sample_image_path()
     results: dict[str, object] = {"threads": threads}
     arrays = {}
     for effort in efforts:
@@ -150,7 +151,7 @@ def compare(threads: list[int], efforts: list[int], image: str | None = None) ->
         for n in threads:
             out = os.path.join(folder, f"t{n}")
             env = {**os.environ, "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
-            code = "import sys; from oscar.determinism import _worker; "
+            code = "import sys; from oscar.runtime.determinism import _worker; "
             code += f"_worker({n}, {efforts!r}, {out!r}, {image!r})"
             subprocess.run([sys.executable, "-c", code], check=True, env=env)
             with open(out + ".json") as f:
@@ -174,12 +175,13 @@ def compare(threads: list[int], efforts: list[int], image: str | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m oscar.determinism``: bytes and decoded pixels at several thread counts."""
+    """``python -m oscar.runtime.determinism``: bytes and decoded pixels at several thread
+    counts."""
     import argparse
     import json
 
     parser = argparse.ArgumentParser(
-        prog="python -m oscar.determinism",
+        prog="python -m oscar.runtime.determinism",
         description="Compress the packaged sample (or IMAGE) with the embedded model at several "
         "thread counts, each in its own process; report whether the bytes are identical and "
         "how far the decoded pixels differ.",
