@@ -19,7 +19,7 @@ from oscar.store.pretrained import embedded_model_dir
 @pytest.mark.slow
 @pytest.mark.skipif(not (embedded_model_dir() / "oscar.json").is_file(), reason="no embedded model")
 def test_bytes_do_not_depend_on_the_thread_count():
-    from oscar.runtime.determinism import compare
+    from oscar.bench.determinism import compare
 
     report = compare([1, 2], [DEFAULT_EFFORT, 0])
     one, two = report["runs"]

@@ -24,6 +24,7 @@ machines the same holds where the same PyTorch build picks the same kernels (the
 instruction-set family); another CPU family or library version may round differently and, rarely,
 choose another index for a near-tie. Decoding is not covered: decoded pixels may differ by a
 level or so between thread counts and machines (docs/format.md, "Determinism").
+``python -m oscar.bench.determinism`` measures all this on the embedded model.
 """
 
 from __future__ import annotations
@@ -95,107 +96,3 @@ def thread_independent(network: nn.Module) -> Iterator[None]:
         for handle in handles:
             handle.remove()
         torch.set_num_threads(saved)
-
-
-# ----------------------------------------------------------------------------- the check
-def _worker(threads: int, efforts: list[int], out: str, image: str | None) -> None:
-    """In a fresh process: compress ``image`` (default: the packaged sample) with the embedded
-    model at ``threads`` threads and each effort; save the files and the decoded pixels."""
-    import hashlib
-    import json
-    import time
-    from pathlib import Path
-
-    import numpy as np
-
-    torch.set_num_threads(threads)
-    from oscar import sample_image_path
-    from oscar.coding.codec import OscarCodec
-
-    sample = sample_image_path()
-    results: dict[str, object] = {"threads": threads}
-    arrays = {}
-    for effort in efforts:
-        codec = OscarCodec.from_pretrained(device="cpu", effort=effort)
-        source = codec.prepare_image(image or sample)
-        level = max(codec.levels, key=lambda lv: lv.nominal_bpp).level
-        t0 = time.perf_counter()
-        data = codec.compress(source, level)
-        seconds = time.perf_counter() - t0
-        y, _ = codec.encode_latent(source)
-        results[f"effort{effort}"] = {
-            "level": level,
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "latent_sha256": hashlib.sha256(y.numpy().tobytes()).hexdigest(),
-            "encode_seconds": round(seconds, 3),
-        }
-        arrays[f"effort{effort}"] = codec.decompress(data)
-    np.savez(out + ".npz", **arrays)
-    Path(out + ".json").write_text(json.dumps(results))
-
-
-def compare(threads: list[int], efforts: list[int], image: str | None = None) -> dict[str, object]:
-    """Run :func:`_worker` at each thread count in subprocesses; whether the bytes are equal,
-    and how the decoded pixels differ from those of the first thread count."""
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
-    import numpy as np
-
-    runs = []
-    with tempfile.TemporaryDirectory() as folder:
-        for n in threads:
-            out = os.path.join(folder, f"t{n}")
-            env = {**os.environ, "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
-            code = "import sys; from oscar.runtime.determinism import _worker; "
-            code += f"_worker({n}, {efforts!r}, {out!r}, {image!r})"
-            subprocess.run([sys.executable, "-c", code], check=True, env=env)
-            with open(out + ".json") as f:
-                runs.append((json.load(f), dict(np.load(out + ".npz"))))
-    report: dict[str, object] = {"threads": threads, "runs": [r for r, _ in runs]}
-    first, first_pixels = runs[0]
-    for effort in efforts:
-        key = f"effort{effort}"
-        same = all(r[key]["sha256"] == first[key]["sha256"] for r, _ in runs)
-        diffs = []
-        for _, pixels in runs[1:]:
-            d = np.abs(pixels[key].astype(np.int16) - first_pixels[key].astype(np.int16))
-            diffs.append(
-                {
-                    "max": int(d.max()),
-                    "pixels": int((d.reshape(d.shape[0], d.shape[1], -1).max(-1) > 0).sum()),
-                }
-            )
-        report[key] = {"identical_bytes": same, "decoded_vs_first": diffs}
-    return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m oscar.runtime.determinism``: bytes and decoded pixels at several thread
-    counts."""
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(
-        prog="python -m oscar.runtime.determinism",
-        description="Compress the packaged sample (or IMAGE) with the embedded model at several "
-        "thread counts, each in its own process; report whether the bytes are identical and "
-        "how far the decoded pixels differ.",
-    )
-    parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
-    parser.add_argument("--efforts", default="4,0", help="encoder efforts, comma-separated")
-    parser.add_argument("--image", default=None, help="image file (default: the sample)")
-    args = parser.parse_args(argv)
-    threads = [int(n) for n in args.threads.split(",")]
-    efforts = [int(n) for n in args.efforts.split(",")]
-    report = compare(threads, efforts, args.image)
-    print(json.dumps(report, indent=2))
-    return 0 if all(report[f"effort{e}"]["identical_bytes"] for e in efforts) else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
