@@ -27,8 +27,8 @@ from oscar.training.losses import (
     position_cosine,
     softplus_g_loss,
 )
-from oscar.training.stage1 import HyperStage
-from oscar.training.stage2 import JointStage
+from oscar.training.stages.hyper import HyperStage
+from oscar.training.stages.joint import JointStage
 
 
 def _images(seed: int, shape=(2, 3, 20, 24)) -> torch.Tensor:

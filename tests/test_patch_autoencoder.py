@@ -89,7 +89,7 @@ def test_model_with_a_wide_latent_codes_version_2_files(tmp_path):
 def test_vae_stage_starts_at_the_pca_floor_and_improves_on_it(tmp_path):
     from oscar.training.config import TrainConfig
     from oscar.training.loop import LoopContext, make_accelerator
-    from oscar.training.stage0 import VAEStage
+    from oscar.training.stages.vae import VAEStage
 
     train = tmp_path / "train"
     train.mkdir()

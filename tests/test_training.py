@@ -31,10 +31,11 @@ from oscar.training.calibration import calibrate, choose_timesteps
 from oscar.training.config import TrainConfig
 from oscar.training.loop import LoopContext, make_accelerator
 from oscar.training.recipe import run_recipe, stage_dir
-from oscar.training.stage0 import DiffusionStage, VAEStage
-from oscar.training.stage1 import HyperStage
-from oscar.training.stage2 import JointStage
-from oscar.training.stage3 import DecoderStage
+from oscar.training.stages.decoder import DecoderStage
+from oscar.training.stages.diffusion import DiffusionStage
+from oscar.training.stages.hyper import HyperStage
+from oscar.training.stages.joint import JointStage
+from oscar.training.stages.vae import VAEStage
 
 
 @pytest.fixture(scope="module")
@@ -498,7 +499,7 @@ def test_decoder_distillation_targets_the_input_models_decoding(
     """``distill``: the target is the input model's decoder's output for the same latent (taken
     before ``vae_decoder`` replaces it), not the crop; with recoloured crops, end to end."""
     from oscar.models.vae_decoder import replace_decoder
-    from oscar.training.stage3 import _DecoderForward, _Teacher
+    from oscar.training.stages.decoder import _DecoderForward, _Teacher
 
     model = load_model(tiny_model_dir).model.eval()
     x = torch.from_numpy(make_image(32, 32, seed=4)).permute(2, 0, 1)[None].float() / 127.5 - 1
@@ -576,7 +577,7 @@ def test_latent_jitter_moves_both_decoders_inputs(tmp_path, data_dirs, tiny_mode
     """``latent_shift`` / ``latent_log_scale``: each sample's channels are shifted and scaled by
     draws from the step's generator, the teacher decodes the jittered latent (its target is
     still its own function of the student's input), and a jitter needs a teacher."""
-    from oscar.training.stage3 import _DecoderForward, _Teacher, jitter_latents
+    from oscar.training.stages.decoder import _DecoderForward, _Teacher, jitter_latents
 
     y = torch.randn(2, 4, 6, 5)
     same = jitter_latents(y, 0.5, 0.2, torch.Generator().manual_seed(1))

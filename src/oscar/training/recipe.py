@@ -162,10 +162,11 @@ def _close_trackers(accelerator) -> None:
 
 
 def _run_training(ctx: LoopContext, model: OscarModel, priors, record: dict, max_seconds) -> bool:
-    from oscar.training.stage0 import DiffusionStage, VAEStage
-    from oscar.training.stage1 import HyperStage
-    from oscar.training.stage2 import JointStage
-    from oscar.training.stage3 import DecoderStage
+    from oscar.training.stages.decoder import DecoderStage
+    from oscar.training.stages.diffusion import DiffusionStage
+    from oscar.training.stages.hyper import HyperStage
+    from oscar.training.stages.joint import JointStage
+    from oscar.training.stages.vae import VAEStage
 
     kinds = {
         "vae": VAEStage,
@@ -246,7 +247,7 @@ def _run_tool_stage(ctx: LoopContext, model: OscarModel, priors, record: dict) -
         priors = fitted
         record["priors"] = [asdict(r) for r in reports]
     elif sc.kind == "add_level":
-        from oscar.training.stage1 import add_level
+        from oscar.training.add_level import add_level
 
         rate = add_level(model, sc.grid_factor, sc.codebook_size, config.seed)
         record["added_level"] = asdict(rate)

@@ -1,5 +1,5 @@
-"""Stage 2 (docs/method.md §5): hyper-coders + UNet (full fine-tuning or LoRA) + prompt embedding,
-VAE frozen, one level drawn per step.
+"""The ``joint`` stage (docs/method.md §5, the paper's stage 2): hyper-coders + UNet (full
+fine-tuning or LoRA) + prompt embedding, VAE frozen, one level drawn per step.
 
 ``train_unet``: ``full`` trains every UNet weight; ``lora`` only a LoRA on it (peft, as the
 original; the model config's ``lora`` gives rank, alpha and target modules), which the written
@@ -43,8 +43,7 @@ from oscar.training.losses import (
     softplus_g_loss,
     value,
 )
-from oscar.training.stage1 import resolve_levels
-from oscar.training.stage_base import Stage
+from oscar.training.stages.base import Stage, resolve_levels
 
 
 @dataclass(frozen=True)

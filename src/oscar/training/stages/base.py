@@ -141,3 +141,14 @@ class Stage:
             self.model.train(was_training)
         self.log_validation(metrics, step)
         return metrics
+
+
+def resolve_levels(model: OscarModel, levels) -> list[int]:
+    """A stage's ``levels`` setting (``all`` or a list) as level numbers of ``model``."""
+    available = list(model.config.level_numbers)
+    if levels == "all":
+        return available
+    unknown = sorted(set(levels) - set(available))
+    if unknown:
+        raise ValueError(f"levels {unknown} are not in the model's rate table {available}")
+    return list(levels)

@@ -1,4 +1,4 @@
-"""Stage 3 (optional, for models trained from scratch): refine the VAE decoder alone.
+"""The ``decoder`` stage (optional, for models trained from scratch): refine the VAE decoder alone.
 
 The `small` recipe trains its autoencoder for a few thousand steps (minutes on two CPU cores),
 after which everything else is fitted to that autoencoder's latent space. The decoder can keep
@@ -47,8 +47,7 @@ from oscar.models.vae_decoder import replace_decoder
 from oscar.store.pretrained import load_model, require_fingerprint
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import l1, make_perceptual, value
-from oscar.training.stage1 import resolve_levels
-from oscar.training.stage_base import Stage
+from oscar.training.stages.base import Stage, resolve_levels
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +196,7 @@ class DecoderStage(Stage):
         return logs
 
     def validate(self, step: int) -> dict[str, float]:
-        from oscar.training.stage0 import autoencoder_psnr
+        from oscar.training.stages.vae import autoencoder_psnr
 
         metrics = autoencoder_psnr(self, step)
         metrics.update(self.validate_codec(step, self.latent_levels))

@@ -1,4 +1,5 @@
-"""Stage 1 (docs/method.md §5): each level's hyper-coder alone against the frozen autoencoder.
+"""The ``hyper`` stage (docs/method.md §5, the paper's stage 1): each level's hyper-coder alone
+against the frozen autoencoder.
 
 Loss per level: ``cosine``·(1 − cos(y_tilde, y)) + ``commitment``·(codebook + β·commitment) +
 ``codebook``·codebook term. With the ``ours`` loss preset the cosine is taken over the whole
@@ -17,31 +18,16 @@ process makes the identical change. Codebook usage per level is logged and repor
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
-import numpy as np
 import torch
 from torch import nn
 
-from oscar.config import ModelConfig
 from oscar.models.hyper import HyperCoder, HyperOutput
-from oscar.models.oscar import OscarModel
-from oscar.rates import RateLevel
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import alignment_loss, value
-from oscar.training.stage_base import Stage
+from oscar.training.stages.base import Stage, resolve_levels
 
 log = logging.getLogger(__name__)
-
-
-def resolve_levels(model: OscarModel, levels) -> list[int]:
-    available = list(model.config.level_numbers)
-    if levels == "all":
-        return available
-    unknown = sorted(set(levels) - set(available))
-    if unknown:
-        raise ValueError(f"levels {unknown} are not in the model's rate table {available}")
-    return list(levels)
 
 
 class _HyperForward(nn.Module):
@@ -129,27 +115,3 @@ class HyperStage(Stage):
 
     def validate(self, step: int) -> dict[str, float]:
         return self.validate_codec(step, self.levels)
-
-
-def add_level(model: OscarModel, grid_factor: int, codebook_size: int, seed: int) -> RateLevel:
-    """Give ``model`` a new level (number: one past the highest) with a fresh hyper-coder.
-
-    Its timestep starts at the value of the nearest existing level with the same grid factor
-    (else the median); the ``calibrate`` stage measures the real one. Nothing else changes.
-    """
-    config: ModelConfig = model.config
-    number = max(config.level_numbers) + 1
-    same_grid = [lv for lv in config.levels if lv.grid_factor == grid_factor]
-    timestep = (
-        same_grid[0].timestep
-        if same_grid
-        else int(np.median([lv.timestep for lv in config.levels]))
-    )
-    rate = RateLevel(number, grid_factor, codebook_size, timestep)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + number)
-        coder = HyperCoder(rate, config.hyper, model.vae.config.latent_channels)
-    param = next(model.parameters())
-    model.hyper[str(number)] = coder.to(param.device, param.dtype)
-    model.config = replace(config, levels=(*config.levels, rate))
-    return rate

@@ -1,15 +1,11 @@
-"""Stage 0, for models trained from scratch (docs/method.md §5): the latent autoencoder, then the
-diffusion UNet as an ordinary latent diffusion model on that autoencoder's latents.
+"""The ``vae`` stage, for models trained from scratch (docs/method.md §5): the latent autoencoder.
 
-VAE stage losses: ``l1``·L1 + ``mse``·MSE + ``lowpass``·L1 of 8×8 block means + ``perceptual``·P
+Losses: ``l1``·L1 + ``mse``·MSE + ``lowpass``·L1 of 8×8 block means + ``perceptual``·P
 + ``kl``·KL + ``adversarial``·hinge (PatchGAN, from step ``adversarial_start``); a weight of 0
 skips its term. At the end the latent scaling factor is set to 1/std of the posterior means over
 training crops, so scaled latents have unit variance (as SD's 0.18215 does); a PatchAutoencoder
 gets one factor per channel instead. With ``pca_init`` a PatchAutoencoder starts at the block PCA
 of training crops (oscar.models.patch_autoencoder).
-
-Diffusion stage: MSE between the UNet output and the target of the scheduler's prediction type,
-t uniform in [0, T), conditioned on the learned prompt embedding (trained with the UNet).
 """
 
 from __future__ import annotations
@@ -26,7 +22,7 @@ from oscar.models.patch_autoencoder import PatchAutoencoder, fit_block_pca
 from oscar.training.discriminators import PatchDiscriminator
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import hinge_d_loss, hinge_g_loss, kl_loss, l1, make_perceptual, value
-from oscar.training.stage_base import Stage
+from oscar.training.stages.base import Stage
 
 log = logging.getLogger(__name__)
 
@@ -180,47 +176,3 @@ def autoencoder_psnr(stage: Stage, step: int) -> dict[str, float]:
     metrics = {"val/vae_psnr": sum(values) / len(values)}
     stage.log_validation(metrics, step)
     return metrics
-
-
-class _Denoiser(nn.Module):
-    """(z_t, t) → UNet output with the learned prompt; trains the UNet and the prompt."""
-
-    def __init__(self, unet, prompt: nn.Parameter) -> None:
-        super().__init__()
-        self.unet = unet
-        self.prompt = prompt
-
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        context = self.prompt.unsqueeze(0).expand(z_t.shape[0], -1, -1).to(z_t.dtype)
-        return self.unet(z_t, t, encoder_hidden_states=context).sample
-
-
-class DiffusionStage(Stage):
-    def setup(self) -> None:
-        sc = self.stage
-        self.model.requires_grad_(False)
-        self.model.vae.eval()
-        self.model.unet.requires_grad_(True).train()
-        self.model.prompt_embedding.requires_grad_(True)
-        if self.ctx.config.gradient_checkpointing:
-            self.model.unet.enable_gradient_checkpointing()
-        denoiser = _Denoiser(self.model.unet, self.model.prompt_embedding)
-        self.gen = make_optimized(self.ctx, "unet", denoiser, sc.lr, sc.steps)
-
-    def train_step(self, step: int) -> dict[str, float]:
-        schedule = self.model.schedule
-        losses = []
-        for i, x in enumerate(self.micro_batches()):
-            with torch.no_grad():
-                y = self.model.encode_latent(x)
-            g = self.ctx.generator(step, 20 + i)
-            noise = torch.randn(y.shape, generator=g).to(y.device, y.dtype)
-            t = torch.randint(0, schedule.num_train_timesteps, (y.shape[0],), generator=g)
-            t = t.to(y.device)
-            z_t = schedule.add_noise(y, noise, t)
-            with self.autocast():
-                out = self.gen.module(z_t, t)
-                loss = F.mse_loss(out.float(), schedule.training_target(y, noise, t).float())
-            losses.append(loss)
-        backward_and_step(self.ctx, self.gen, losses)
-        return {"loss/diffusion": sum(value(v) for v in losses) / len(losses)}
