@@ -118,7 +118,7 @@ sys.path.insert(0, sys.argv[1])
 torch.set_num_threads(1)
 from tiling import measure_peak, test_image
 from oscar.coding.codec import OscarCodec
-from oscar.io import padded_size
+from oscar.rates import padded_size
 from oscar.runtime.tiling import estimated_peak
 model, h, w, budget, tile, direction = sys.argv[2:8]
 h, w = int(h), int(w)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from oscar.errors import ConfigError
-from oscar.rates import DEFAULT_LADDER, VAE_FACTOR, RateLevel, validate_ladder
+from oscar.rates import DEFAULT_LADDER, VAE_FACTOR, RateLevel, padded_size, validate_ladder
 
 
 def _check_keys(kind: str, data: dict[str, Any], allowed: set[str], required: set[str]) -> None:
@@ -258,8 +258,7 @@ class ModelConfig:
 
     def token_grid(self, height: int, width: int, level: int) -> tuple[int, int]:
         """Token grid (h, w) of ``level`` for an original image size."""
-        m = self.pad_multiple
-        return self.level(level).token_grid(-(-height // m) * m, -(-width // m) * m)
+        return self.level(level).token_grid(*padded_size(height, width, self.pad_multiple))
 
     # ----------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from oscar.errors import ImageError, OscarError, OutputError, OutputExistsError
 from oscar.filetypes import open_regular_file
 from oscar.limits import DEFAULT_MAX_PIXELS
+from oscar.rates import padded_size
 
 
 @dataclass(frozen=True)
@@ -282,10 +283,6 @@ def tensor_to_image(x: torch.Tensor, *, truncate: bool = False) -> np.ndarray:
     x = (x[0].detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5
     x = x.floor() if truncate else x.round()
     return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-
-
-def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
-    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
 def pad(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -43,6 +43,7 @@ import numpy as np
 
 from oscar import sample_image_path
 from oscar.coding.effort import DEFAULT_EFFORT
+from oscar.rates import padded_size
 from oscar.runtime.provenance import environment, load_average
 from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES
 
@@ -431,10 +432,7 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
             "model_load_s": load_s,
             "float32_gflops": throughput,
         },
-        "padded_size": [
-            -(-config.height // codec.pad_multiple) * codec.pad_multiple,
-            -(-config.width // codec.pad_multiple) * codec.pad_multiple,
-        ],
+        "padded_size": list(padded_size(config.height, config.width, codec.pad_multiple)),
         "file_bytes": len(files[0][0]),
         "bpp": len(files[0][0]) * 8 / pixels,
         "encode": encoded,

@@ -55,12 +55,11 @@ from oscar.io import (
     image_to_tensor,
     load_image,
     pad,
-    padded_size,
     tensor_to_image,
     to_rgb,
 )
 from oscar.models.inference import prepare_vae_decoding, use_subpixel_upsampling
-from oscar.rates import RateLevel
+from oscar.rates import RateLevel, padded_size
 from oscar.runtime.allocator import allocator_for_pixels
 from oscar.runtime.determinism import single_thread, thread_independent
 from oscar.runtime.device import inference_memory_format, resolve_device, resolve_dtype

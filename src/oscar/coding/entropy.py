@@ -58,7 +58,7 @@ class FixedLengthCoder:
         return count * rate.bits_per_index
 
     def max_payload_bytes(self, count: int, rate: RateLevel) -> int:
-        return math.ceil(self.payload_bits(count, rate) / 8)
+        return rate.fixed_payload_bytes(count)
 
     def encode(self, indices: np.ndarray, rate: RateLevel) -> bytes:
         flat = _check_indices(indices, rate)

@@ -79,7 +79,7 @@ def describe_file(data: bytes, config, limits) -> dict:
                 "timestep": rate.timestep,
                 "tokens": [gh, gw],
                 "nominal_bpp": rate.nominal_bpp,
-                "fixed_payload_bytes": -(-gh * gw * rate.bits_per_index // 8),
+                "fixed_payload_bytes": rate.fixed_payload_bytes(gh * gw),
             }
         )
     return info
