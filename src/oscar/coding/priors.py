@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save, save_file
 
 from oscar.errors import ModelError
+from oscar.filetypes import read_bounded
 from oscar.io import give_usual_permissions
 from oscar.limits import MAX_PRIORS_BYTES
 from oscar.rates import RateLevel
@@ -90,8 +91,6 @@ class IndexPriors:
     @classmethod
     def load(cls, path: str | Path, levels: tuple[RateLevel, ...]) -> IndexPriors:
         """Read and validate tables against the rate table (size K, values ≥ 1, bounded sum)."""
-        from oscar.store.model_files import read_bounded
-
         path = Path(path)
         data = read_bounded(path, "priors", MAX_PRIORS_BYTES)  # bounded, regular file only
         try:

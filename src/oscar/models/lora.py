@@ -34,6 +34,7 @@ from torch import nn
 
 from oscar.config import LoraSettings
 from oscar.errors import ModelError
+from oscar.models.tensor_checks import all_finite, state_problems
 
 LORA_PREFIX = "unet_lora."
 OVERRIDE_PREFIX = "unet_override."
@@ -148,8 +149,6 @@ def check_adapter(
 
     Names and shapes always; with ``values`` also that every tensor is finite floating point.
     """
-    from oscar.store.safe_build import state_problems
-
     expected: dict[str, tuple[int, ...]] = dict(expected_lora_shapes(unet, adapter.settings))
     params = dict(unet.named_parameters())
     for name in adapter.overrides:
@@ -158,8 +157,6 @@ def check_adapter(
     problems = state_problems(expected, adapter.tensors)
     if problems:
         raise ModelError(f"{where}: UNet LoRA does not match the UNet: " + "; ".join(problems))
-    from oscar.store.diffusers_io import all_finite
-
     for key, t in adapter.tensors.items() if values else ():
         if not t.is_floating_point() or not all_finite(t):
             raise ModelError(f"{where}: {key} is not a finite floating-point tensor")

@@ -56,6 +56,7 @@ from oscar.models.lora import (
     check_adapter,
     lora_target_names,
 )
+from oscar.models.tensor_checks import state_problems
 from oscar.rates import RateLevel
 from oscar.store.diffusers_io import (
     build_empty,
@@ -64,7 +65,6 @@ from oscar.store.diffusers_io import (
     public_config,
     read_json,
 )
-from oscar.store.safe_build import state_problems
 
 logger = logging.getLogger(__name__)
 

@@ -32,8 +32,9 @@ from safetensors import SafetensorError, safe_open
 from oscar.errors import ModelError
 from oscar.filetypes import open_regular_file
 from oscar.limits import MAX_METADATA_BYTES
+from oscar.models.tensor_checks import all_finite, state_problems
 from oscar.store.model_files import public_config, read_json
-from oscar.store.safe_build import build_on_meta, state_problems
+from oscar.store.safe_build import build_on_meta
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 WEIGHTS_FILE = f"{WEIGHTS_NAME}.safetensors"
@@ -168,16 +169,6 @@ def read_weights(folder: Path, what: str) -> tuple[dict[str, torch.Tensor], Path
     if state is None:
         state = _read_sharded(path, what)
     return state, path
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    if not tensor.is_floating_point() or tensor.numel() == 0:
-        return True
-    # One float32 sum is non-finite if any element is (and, rarely, on overflow): cheap for a
-    # 3.4 GB UNet; the exact elementwise test runs only when the sum is not finite.
-    if bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
-        return True
-    return bool(torch.isfinite(tensor).all())
 
 
 def check_finite(state: Mapping[str, torch.Tensor], where: Path) -> None:

@@ -15,8 +15,7 @@ from typing import Any
 
 from oscar.config import ModelConfig
 from oscar.errors import ConfigError, ModelError
-from oscar.filetypes import open_regular_file
-from oscar.limits import MAX_METADATA_BYTES
+from oscar.filetypes import read_bounded
 
 MODEL_FILE = "oscar.json"
 PARTS_FILE = "oscar.safetensors"
@@ -37,28 +36,6 @@ def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _public = public_config
-
-
-def read_bounded(path: Path, what: str, limit: int = MAX_METADATA_BYTES) -> bytes:
-    """A model folder's file, whole, if it is a regular file of at most ``limit`` bytes; else
-    one ModelError naming it. The size is checked on the open descriptor before reading, and
-    at most ``limit + 1`` bytes are read (should the file grow meanwhile)."""
-    if not path.exists():
-        raise ModelError(f"{what} is missing: {path}")
-    try:
-        with open_regular_file(path, ModelError) as f:
-            size = os.fstat(f.fileno()).st_size
-            data = f.read(min(size, limit) + 1)
-    except OSError as exc:
-        raise ModelError(f"{what} at {path} is not readable: {exc.strerror or exc}") from None
-    except ModelError as exc:
-        raise ModelError(f"{what}: {exc}") from None
-    if len(data) > limit:
-        raise ModelError(
-            f"{what} at {path} is larger than {limit} bytes ({max(size, len(data))}): "
-            "refused without reading it"
-        )
-    return data
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

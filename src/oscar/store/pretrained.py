@@ -61,6 +61,7 @@ from oscar.models.lora import (
     merge_adapter,
 )
 from oscar.models.oscar import OscarModel
+from oscar.models.tensor_checks import state_problems
 from oscar.models.vae_decoder import build_vae, vae_class
 from oscar.store.diffusers_io import (
     check_finite,
@@ -68,7 +69,6 @@ from oscar.store.diffusers_io import (
     public_config,
     read_json,
     read_safetensors,
-    state_problems,
 )
 from oscar.store.model_files import (  # the parts that read no weights (no torch, no diffusers)
     BASE_MODEL_ENV,  # noqa: F401 (re-exported)

@@ -22,16 +22,10 @@ import torch
 from torch import nn
 
 from oscar.errors import ModelError
+from oscar.models.tensor_checks import state_problems
 
 # What building may register beyond the file: non-persistent buffers, small schedules.
 _SLACK_ELEMENTS = 2**20
-
-
-_Shaped = torch.Tensor | torch.Size | tuple[int, ...]
-
-
-def _shape(value: _Shaped) -> tuple[int, ...]:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
 
 
 class _OverBudget(Exception):
@@ -77,24 +71,6 @@ def build_on_meta(build: Callable[[], nn.Module], budget: int | None, what: str)
     finally:
         for hook in hooks:
             hook.remove()
-
-
-def state_problems(expected: Mapping[str, _Shaped], found: Mapping[str, _Shaped]) -> list[str]:
-    """Readable differences between the tensors (or shapes) a module needs and those a file
-    holds: missing, unexpected, wrong shape."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = sorted(
-        f"{k} (file {_shape(found[k])}, model {_shape(expected[k])})"
-        for k in set(found) & set(expected)
-        if _shape(found[k]) != _shape(expected[k])
-    )
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if items:
-            shown = ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
-            problems.append(f"{label}: {shown}")
-    return problems
 
 
 def check_buildable(
