@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import CONFIGS, build_tiny_model, make_image
+from conftest import CONFIGS, ROOT, build_tiny_model, make_image
 from oscar.coding.codec import OscarCodec
 from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
@@ -641,13 +641,14 @@ def test_shipped_recipes_parse():
             if stage.train_unet == "lora":
                 assert arch.lora is not None, name
     # Recipes that continue the embedded model (init_from: a model directory, not an architecture)
-    for name in (
-        "train_small_refine.yaml",
-        "train_small_decoder.yaml",
-        "train_small_light_decoder.yaml",
-        "train_small_fast_decoder.yaml",
+    for path in (
+        CONFIGS / "train_small_refine.yaml",
+        CONFIGS / "train_small_decoder.yaml",
+        ROOT / "benchmarks" / "experiments" / "train_small_light_decoder.yaml",
+        CONFIGS / "train_small_fast_decoder.yaml",
     ):
-        config = TrainConfig.load(CONFIGS / name)
+        name = path.name
+        config = TrainConfig.load(path)
         assert config.init_from and config.stages, name
         if config.init_from.startswith("runs/weights-"):  # an earlier embedded model's weights
             assert config.init_fingerprint and config.init_fingerprint in config.init_from, name

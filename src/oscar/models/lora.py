@@ -98,14 +98,6 @@ def expected_lora_shapes(unet: nn.Module, settings: LoraSettings) -> dict[str, t
     return out
 
 
-def lora_delta(layer: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """s · B A in the layout of ``layer.weight``, computed in float32."""
-    a, b = a.float(), b.float()
-    if isinstance(layer, nn.Conv2d):
-        return scale * torch.einsum("or,rihw->oihw", b[:, :, 0, 0], a)
-    return scale * (b @ a)
-
-
 # ----------------------------------------------------------------------------- stored form
 @dataclass
 class UnetAdapter:

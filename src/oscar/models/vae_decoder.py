@@ -12,7 +12,7 @@ The VAE stays an ``AutoencoderKL`` (its ``encode``/``decode`` and the ``post_qua
 used as they are); only ``vae.decoder`` is another module. Its weights are stored under the
 same ``decoder.`` names in ``vae/``; ``oscar.json`` says which architecture they belong to.
 The embedded model uses one since fingerprint bb2087d1 (configs/train_small_fast_decoder.yaml;
-configs/train_small_light_decoder.yaml was an earlier, lighter try, not shipped).
+benchmarks/experiments/train_small_light_decoder.yaml was an earlier, lighter try, not shipped).
 """
 
 from __future__ import annotations

@@ -51,10 +51,6 @@ def stage_dir(config: TrainConfig, index: int) -> Path:
     return Path(config.output_dir) / f"{index:02d}-{config.stages[index].kind}"
 
 
-def final_model_dir(config: TrainConfig) -> Path:
-    return stage_dir(config, len(config.stages) - 1) / "model"
-
-
 def _hardware(accelerator) -> dict[str, Any]:
     info = {
         "processes": accelerator.num_processes,

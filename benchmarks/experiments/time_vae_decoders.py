@@ -5,11 +5,11 @@ to a faster decoder and a larger 20-step/1-step ratio. This script times the dec
 the codec runs it (``prepare_vae_decoding``: in-place activations, sub-pixel upsampling,
 channels-last on CPU; the tuned allocator, inference mode), for the model's own decoder and each
 description given, on one latent of the image size asked. Speed does not depend on the weights'
-values; quality does, and needs a training run (configs/train_small_light_decoder.yaml,
-train_small_fast_decoder.yaml).
+values; quality does, and needs a training run (train_small_light_decoder.yaml here,
+configs/train_small_fast_decoder.yaml).
 
-    python scripts/time_vae_decoders.py                       # the candidates of those recipes
-    python scripts/time_vae_decoders.py --size 1920x1080 --repeats 5 \\
+    python benchmarks/experiments/time_vae_decoders.py     # the candidates of those recipes
+    python benchmarks/experiments/time_vae_decoders.py --size 1920x1080 --repeats 5 \\
         '{"block_out_channels": [32, 64, 128], "layers_per_block": [1, 1, 0], "pixel_shuffle": 2}'
 
 Times are medians of ``--repeats`` after two warm-up calls; the ratio column is the time over
@@ -32,7 +32,7 @@ from oscar.models.vae_decoder import build_vae
 from oscar.runtime.allocator import tune_cpu_allocator
 from oscar.runtime.device import inference_memory_format
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CANDIDATES = [  # those measured in the two lighter-decoder recipes
     {"block_out_channels": [16, 32, 64, 128], "layers_per_block": 0, "pixel_shuffle": 1},
     {"block_out_channels": [32, 64, 128], "layers_per_block": 1, "pixel_shuffle": 2},

@@ -7,7 +7,7 @@ the embedded model, float32 everywhere, then with the VAE decoder alone cast to 
 1 and 20 steps each, and prints the medians, the 20-step/1-step ratios, and how far the decoded
 pixels move (PSNR between the two outputs, share of changed pixel values, PSNR to the original):
 
-    python scripts/bf16_vae_decoder.py [--repeats 5] [--level 6]
+    python benchmarks/experiments/bf16_vae_decoder.py [--repeats 5] [--level 6]
 
 `--dtype bfloat16` (docs/usage.md, "Precision") casts the UNet too, which makes one-step decoding
 faster still but the 20-step/1-step ratio smaller. Run it on an otherwise idle machine.
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from oscar import sample_image_path
 from oscar.coding.codec import OscarCodec
-from oscar.commands.demo import sample_image_path
 from oscar.evaluation.metrics import psnr
 
 
