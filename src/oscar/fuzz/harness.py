@@ -87,7 +87,7 @@ def check_input(
     measures it (numpy's buffers included; torch's CPU allocator is not seen, and no tensor
     exists before ``decode``).
     """
-    from oscar.commands.info import describe_file
+    from oscar.coding.file_info import describe_file
     from oscar.errors import BitstreamError
 
     def violation(problem: str) -> ContractViolation:
