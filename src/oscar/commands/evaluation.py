@@ -117,36 +117,6 @@ def _shard(device: str):
     return state.process_index, state.num_processes, state.device, state
 
 
-def _environment(device) -> dict[str, str]:
-    import os
-    import platform
-
-    import torch
-
-    from oscar import __version__
-    from oscar.runtime.device import device_name
-
-    info = {
-        "oscar": __version__,
-        "torch": torch.__version__,
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPU threads",
-        "device": str(device),
-    }
-    gpu = device_name(device)
-    if gpu is not None:
-        info["device"] += f" ({gpu})"
-    try:
-        import imagecodecs
-
-        parts = [part.split("-", 1) for part in imagecodecs.version().split(", ") if "-" in part]
-        libs = dict(parts)
-        keep = ("libjpeg_turbo", "libwebp", "libavif", "libjxl", "openjpeg")
-        info["baseline libraries"] = ", ".join(f"{k} {libs[k]}" for k in keep if k in libs)
-    except ImportError:
-        pass
-    return info
-
-
 def check_eval_extras(args: argparse.Namespace) -> None:
     """Before any work: the [eval] extras this run needs (the baselines need imagecodecs; the
     plots matplotlib; the BD-rates bjontegaard)."""
@@ -186,7 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from oscar.commands.common import load_codec
     from oscar.commands.models import parse_levels
-    from oscar.evaluation.baselines import get_baselines
+    from oscar.evaluation.baselines import baseline_versions, get_baselines
     from oscar.evaluation.bdrate import bd_rates
     from oscar.evaluation.metrics import MetricSuite
     from oscar.evaluation.plots import read_published
@@ -200,6 +170,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     from oscar.evaluation.shards import load_partial, save_partial
     from oscar.runtime.device import is_accelerator
+    from oscar.runtime.provenance import environment, summary
 
     out = Path(args.output)
     index, count, shard_device, state = _shard(args.device)
@@ -269,7 +240,8 @@ def run_eval(args: argparse.Namespace) -> int:
         + ", resized to 299, pytorch-fid Inception pool3",
         "processes": count,
         "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        **_environment(codec.device),
+        **summary(environment(codec.device)),
+        **baseline_versions(),
     }
     write_outputs(result, out, metrics, bd, info, published)
     _print_summary(result, shown, out)

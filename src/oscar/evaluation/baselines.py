@@ -265,3 +265,15 @@ def match_rate(cache: EncodingCache, target_bpp: float) -> Match:
             hi = mid
     best = min((lo, hi), key=lambda i: (abs(cache.bpp(grid[i]) - target_bpp), i))
     return Match(cache.get(grid[best]), cache.bpp(grid[best]), target_bpp, "ok")
+
+
+def baseline_versions() -> dict[str, str]:
+    """The baselines' library versions, for an evaluation's record (none without imagecodecs)."""
+    try:
+        import imagecodecs  # optional: the eval extra
+    except ImportError:
+        return {}
+    parts = [part.split("-", 1) for part in imagecodecs.version().split(", ") if "-" in part]
+    libs = dict(parts)
+    keep = ("libjpeg_turbo", "libwebp", "libavif", "libjxl", "openjpeg")
+    return {"baseline libraries": ", ".join(f"{k} {libs[k]}" for k in keep if k in libs)}

@@ -1,7 +1,7 @@
 """Where a number was measured: machine, library versions, source commit.
 
-Shared by ``oscar bench`` (results files), training (each stage's ``done.json``) and
-``benchmarks/run.py``, so that every record names its machine the same way.
+Shared by ``oscar bench`` (results files), training (each stage's ``done.json``), ``oscar eval``
+and ``benchmarks/run.py``, so that every record names its machine the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from oscar import __version__
+from oscar.runtime.device import device_name as accelerator_name
+from oscar.runtime.device import resolve_device
 
 SOURCE_ROOT = Path(__file__).resolve().parents[3]  # the checkout, when running from one
 MAX_CHANGED_PATHS = 50  # of a dirty checkout, recorded by git_state
@@ -109,14 +115,11 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def environment(device_name: str = "auto") -> dict[str, Any]:
-    """Machine, library versions and source commit, for a results file."""
-    import torch
-
-    from oscar.runtime.device import device_name as accelerator_name
-    from oscar.runtime.device import resolve_device
-
-    device = resolve_device(device_name)
+def environment(device: str | torch.device = "auto") -> dict[str, Any]:
+    """Machine, library versions and source commit: the one record of where a number was
+    measured, for bench results, training's ``done.json`` and evaluation summaries."""
+    if not isinstance(device, torch.device):
+        device = resolve_device(device)
     return {
         "machine": {
             "cpu": cpu_model(),
@@ -126,9 +129,26 @@ def environment(device_name: str = "auto") -> dict[str, Any]:
             "cpu_flags": cpu_flags(),
             "memory_gb": memory_total_gb(),
             "os": platform.platform(),
+            "device": str(device),
             "accelerator": accelerator_name(device),
             "cuda": torch.version.cuda,
         },
         "versions": library_versions(),
         "git": git_state(),
+    }
+
+
+def summary(env: dict[str, Any]) -> dict[str, str]:
+    """An :func:`environment` record as a few readable lines (evaluation reports)."""
+    m, v = env["machine"], env["versions"]
+    device = m["device"] + (f" ({m['accelerator']})" if m.get("accelerator") else "")
+    commit = (env["git"].get("commit") or "unknown")[:10]
+    if env["git"].get("dirty"):
+        commit += " (dirty)"
+    return {
+        "oscar": __version__,
+        "torch": v.get("torch") or "unknown",
+        "machine": f"{m['cpu']}, {m['usable_cpus']} usable CPUs, {m['os']}",
+        "device": device,
+        "commit": commit,
     }

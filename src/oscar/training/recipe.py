@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,8 +27,7 @@ from oscar.coding.priors import IndexPriors
 from oscar.config import ModelConfig
 from oscar.errors import ConfigError
 from oscar.models.oscar import OscarModel
-from oscar.runtime.device import device_name
-from oscar.runtime.provenance import cpu_model
+from oscar.runtime.provenance import environment
 from oscar.store.pretrained import load_model, model_on_base, require_fingerprint, save_model
 from oscar.training.config import TRAINING_KINDS, StageConfig, TrainConfig
 from oscar.training.loop import (
@@ -52,18 +50,12 @@ def stage_dir(config: TrainConfig, index: int) -> Path:
 
 
 def _hardware(accelerator) -> dict[str, Any]:
-    info = {
+    """How the stage ran: processes and precision; the machine is in ``environment``."""
+    return {
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
-        "cpu": f"{cpu_model()} x{os.cpu_count()}",
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
     }
-    gpu = device_name(accelerator.device)
-    if gpu is not None:
-        info["gpu"] = gpu
-    return info
 
 
 def _input_model(config: TrainConfig, index: int) -> Path | None:
@@ -133,6 +125,7 @@ def run_stage(config: TrainConfig, index: int, resume: bool, max_seconds: float 
         "config": asdict(sc),
         "input_model": str(source) if source else config.model,
         "hardware": _hardware(accelerator),
+        "environment": environment(accelerator.device),
     }
     if sc.kind in TRAINING_KINDS:
         finished = _run_training(ctx, model, priors, record, max_seconds)
