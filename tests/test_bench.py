@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_image
+from helpers import make_image
 from oscar.bench.timing import BenchConfig, bench_image, parse_size, run_isolated
 from oscar.cli import main
 from oscar.errors import ConfigError

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image
+from helpers import make_image
 from oscar.coding.codec import OscarCodec
 from oscar.coding.entropy import FixedLengthCoder, PriorCoder
 from oscar.coding.priors import IndexPriors

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CONFIGS, make_image
+from helpers import CONFIGS, make_image
 from oscar.cli import main
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import build_tiny_model, make_image
+from helpers import build_tiny_model, make_image
 from oscar.coding import bitstream
 from oscar.coding.codec import NoLevelFitsError, OscarCodec
 from oscar.errors import BitstreamError, FingerprintMismatchError, MalformedError

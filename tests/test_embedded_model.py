@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import oscar
-from conftest import make_image
+from helpers import make_image
 from oscar.cli import main
 from oscar.coding.codec import OscarCodec
 from oscar.io import load_image

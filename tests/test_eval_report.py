@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval_weights import write_random_weights
+from helpers.eval_weights import write_random_weights
 from oscar.cli import main
 from oscar.coding import bitstream
 from oscar.evaluation.baselines import get_baselines

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import make_image
+from helpers import make_image
 from oscar.cli import main
 from oscar.errors import ConfigError, ImageError, ModelError, OutputError
 from oscar.io import atomic_output, load_image

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import oscar.coding.codec
-from conftest import make_image
+from helpers import make_image
 from oscar.cli import main
 from oscar.coding import bitstream
 from oscar.coding.bitstream import Limits

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, make_image
+from helpers import ROOT, make_image
 from oscar.coding.codec import OscarCodec
 from oscar.errors import FingerprintMismatchError, ModelError
 from oscar.store.pretrained import load_model

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import oscar.io
-from conftest import make_image
+from helpers import make_image
 from oscar.cli import main
 from oscar.errors import OutputError, OutputExistsError
 from oscar.io import atomic_output, save_image, write_bytes_atomic
@@ -204,7 +204,7 @@ def test_cli_os_errors_elsewhere_are_one_line(tmp_path, monkeypatch, capsys):
     """`oscar init` writes a directory of files: a full disk there is one line too."""
     import safetensors.torch
 
-    from conftest import CONFIGS
+    from helpers import CONFIGS
 
     monkeypatch.setattr(safetensors.torch, "save_file", _disk_full)
     monkeypatch.setattr("oscar.store.pretrained.save_file", _disk_full)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import CONFIGS, build_tiny_model, make_image
-from eval_weights import write_random_weights
+from helpers import CONFIGS, build_tiny_model, make_image
+from helpers.eval_weights import write_random_weights
 from oscar.errors import ConfigError
 from oscar.models.quantizer import CosineVectorQuantizer
 from oscar.training.config import LOSS_PRESETS, LossConfig, TrainConfig

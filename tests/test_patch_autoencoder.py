@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFIGS, make_image
+from helpers import CONFIGS, make_image
 from oscar.coding.codec import OscarCodec
 from oscar.config import ModelConfig
 from oscar.errors import MalformedError

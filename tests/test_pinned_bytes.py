@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image
+from helpers import make_image
 from oscar.cli import main
 
 # (image size, seed, level, coder) → (file SHA-256, decoded pixels SHA-256), 16 hex digits each.

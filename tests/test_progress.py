@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 import oscar.runtime.progress
-from conftest import make_image
+from helpers import make_image
 from oscar.cli import main
 from oscar.coding.codec import OscarCodec
 from oscar.runtime.progress import StageProgress

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model, make_image
+from helpers import build_tiny_model, make_image
 from oscar.cli import main
 from oscar.coding.codec import OscarCodec
 from oscar.errors import ConfigError

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import CONFIGS, ROOT, build_tiny_model, make_image
+from helpers import CONFIGS, ROOT, build_tiny_model, make_image
 from oscar.coding.codec import OscarCodec
 from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
@@ -683,7 +683,7 @@ def test_periodic_validation_uses_the_evaluation_code(tmp_path, data_dirs, tiny_
 
 # ----------------------------------------------------------------------------- LoRA (stage 2)
 def _lora_settings():
-    from tiny_sd import LORA
+    from helpers.tiny_sd import LORA
 
     return LORA
 
@@ -746,10 +746,10 @@ def test_joint_lora_writes_the_sd21_layout_and_codes(tmp_path, data_dirs, capsys
     """A stage-2 LoRA run on a model that references a base folder (the Stable Diffusion 2.1
     layout, tiny widths): the written model holds only its own parts with the trained LoRA as
     ``unet_lora.*``, names the base, and `oscar compress` / `decompress` use it."""
+    from helpers.tiny_sd import save_tiny_base, tiny_sd_model
     from oscar.cli import main
     from oscar.models.lora import LORA_PREFIX
     from oscar.store.pretrained import PARTS_FILE
-    from tiny_sd import save_tiny_base, tiny_sd_model
 
     base = save_tiny_base(tmp_path / "sd21")
     start = tmp_path / "start"
@@ -826,9 +826,9 @@ def test_joint_lora_writes_the_sd21_layout_and_codes(tmp_path, data_dirs, capsys
 def test_recipe_from_an_architecture_on_a_base_folder(tmp_path, data_dirs):
     """`model` + `base_model`: the VAE and UNet come from the base folder, the OSCAR parts and a
     new LoRA are trained, and the written model references the base instead of copying it."""
+    from helpers.tiny_sd import save_tiny_base
     from oscar.models.lora import LORA_PREFIX
     from oscar.store.pretrained import PARTS_FILE
-    from tiny_sd import save_tiny_base
 
     base = save_tiny_base(tmp_path / "sd21")
     arch = json.loads((CONFIGS / "tiny.json").read_text())

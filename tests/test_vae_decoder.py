@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, build_tiny_model, make_image
+from helpers import CONFIGS, build_tiny_model, make_image
 from oscar.coding.codec import OscarCodec
 from oscar.config import ModelConfig, VaeDecoderConfig
 from oscar.errors import ConfigError, ModelError

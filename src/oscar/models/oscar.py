@@ -169,21 +169,6 @@ class OscarModel(nn.Module):
         return y_hat
 
     # ------------------------------------------------------------------------ whole paths
-    def decode_indices(
-        self,
-        indices: torch.Tensor,
-        rms_codes: torch.Tensor,
-        level: int,
-        tiles: Tiling | None = None,
-        *,
-        steps: int = 1,
-    ) -> torch.Tensor:
-        """indices (B,h,w) + RMS codes (B,4) → x_hat (B,3,8h',8w') in [-1,1] (padded size)."""
-        y_tilde = self.hyper_coder(level).decode(indices)
-        z_t = self.to_noisy_latent(y_tilde, rms_codes)
-        y_hat = self.denoise(z_t, self.rate(level).timestep, tiles, steps=steps)
-        return self.decode_latent(y_hat, tiles)
-
     def code_latent(
         self, y: torch.Tensor, level: int
     ) -> tuple[HyperOutput, torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 from oscar.config import LoraSettings, ModelConfig
 from oscar.models.lora import add_lora
 from oscar.models.oscar import OscarModel
