@@ -29,8 +29,8 @@ def nearest_codec(tiny_model_dir) -> OscarCodec:
 
 
 def _latent(codec, image):
-    y, codes = codec.encode_latent(codec.prepare_image(image))
-    return y, torch.from_numpy(np.asarray(codes, np.uint8))[None]
+    y, codes = codec.encode_latents([codec.prepare_image(image)])
+    return y, torch.from_numpy(np.asarray(codes, np.uint8))
 
 
 def _coarse_error(codec, level, indices, y, rms) -> float:

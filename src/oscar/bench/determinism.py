@@ -40,7 +40,7 @@ def _worker(threads: int, efforts: list[int], out: str, image: str | None) -> No
         t0 = time.perf_counter()
         data = codec.compress(source, level)
         seconds = time.perf_counter() - t0
-        y, _ = codec.encode_latent(source)
+        y, _ = codec.encode_latents([source])
         results[f"effort{effort}"] = {
             "level": level,
             "bytes": len(data),

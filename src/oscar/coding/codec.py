@@ -112,6 +112,17 @@ class OscarCodec:
         codec = OscarCodec.from_pretrained()          # the embedded model
         data = codec.compress("photo.png", level=3)
         image = codec.decompress(data)                 # (H, W, 3) uint8
+
+    The contract: ``compress`` / ``compress_batch`` / ``compress_to_budget`` and ``decompress`` /
+    ``decompress_batch``; the same through typed records, ``encode`` / ``encode_batch`` →
+    :class:`EncodedImage` → ``pack`` → bytes → ``unpack`` → ``decode`` / ``decode_batch``; and
+    ``reconstruct`` (what decompress(compress(...)) returns, without bytes).
+
+    The lower-level steps, for code that needs the latent or the indices themselves (prior
+    fitting, calibration, the fuzzer, benchmarks): ``prepare_image`` (the input policy),
+    ``encode_latents`` (images → latents and side information) and ``encode_indices``
+    (latents → indices at a level); ``token_grid``, ``tiling`` and ``check_steps`` answer what
+    the codec would do for a size, a level or a number of steps.
     """
 
     def __init__(
@@ -211,7 +222,7 @@ class OscarCodec:
             element_bytes=element_bytes,
         )
 
-    def fits(self, height: int, width: int, direction: str = "encode") -> None:
+    def _fits(self, height: int, width: int, direction: str = "encode") -> None:
         """Refuse (one ConfigError naming the size and --max-memory) an image whose estimated
         working memory exceeds the budget even by tiles; before any pixel is decoded."""
         self.tiling(direction, *padded_size(height, width, self.pad_multiple))
@@ -237,7 +248,7 @@ class OscarCodec:
         if isinstance(image, SourceImage):
             source = image
         elif isinstance(image, (str, Path)):
-            source = load_image(image, max_pixels=self.limits.max_pixels, check_size=self.fits)
+            source = load_image(image, max_pixels=self.limits.max_pixels, check_size=self._fits)
         else:
             source = to_rgb(image)
         if source.height * source.width > self.limits.max_pixels:
@@ -265,13 +276,8 @@ class OscarCodec:
             codes = self.model.side_info(y).cpu().numpy()
         return y, codes
 
-    def encode_latent(self, source: SourceImage) -> tuple[torch.Tensor, np.ndarray]:
-        """Padded scaled latent y (1, 4, H/8, W/8) and its RMS codes (4,)."""
-        y, codes = self.encode_latents([source])
-        return y, codes[0]
-
     @torch.inference_mode()
-    def hyper_encode_batch(self, y: torch.Tensor, level: int) -> np.ndarray:
+    def encode_indices(self, y: torch.Tensor, level: int) -> np.ndarray:
         """Latents y (B, 4, H/8, W/8) → indices (B, h, w) int64 (g_a, then the quantiser)."""
         hyper = self.model.hyper_coder(level)
         # One thread: the decisions must not depend on the thread count (oscar.runtime.determinism).
@@ -282,10 +288,6 @@ class OscarCodec:
         with stage("index_search"), single_thread():
             indices = search_indices(self.model, y, u, level, indices, self.effort)
         return indices.cpu().numpy().astype(np.int64)
-
-    def hyper_encode(self, y: torch.Tensor, level: int) -> np.ndarray:
-        """Latent y (1, 4, H/8, W/8) → indices (h, w) int64."""
-        return self.hyper_encode_batch(y, level)[0]
 
     def encode(self, image: ImageLike, level: int) -> EncodedImage:
         """Image → typed record (indices and side info), no bytes."""
@@ -300,7 +302,7 @@ class OscarCodec:
         if len({(s.height, s.width) for s in sources}) > 1:
             raise ImageError("a batch must hold images of one size")
         y, codes = self.encode_latents(sources)
-        indices = self.hyper_encode_batch(y, level)
+        indices = self.encode_indices(y, level)
         return [
             EncodedImage(level, s.height, s.width, indices[i], codes[i], s.grey)
             for i, s in enumerate(sources)
@@ -368,20 +370,27 @@ class OscarCodec:
         """Image → file bytes at ``level``. Deterministic: same image, same bytes."""
         return self.pack(self.encode(image, level), coder)
 
+    def compress_batch(
+        self, images: Sequence[ImageLike], level: int, coder: CoderChoice = "auto"
+    ) -> list[bytes]:
+        """Images of one size → file bytes, run through the networks as one batch (each file
+        is the one ``compress`` writes for its image)."""
+        return [self.pack(encoded, coder) for encoded in self.encode_batch(images, level)]
+
     def compress_to_budget(
         self, image: ImageLike, max_bytes: int, coder: CoderChoice = "auto"
     ) -> BudgetResult:
         """The highest-rate level whose file fits in ``max_bytes`` (latent encoded once)."""
         source = self.prepare_image(image)
-        y, codes = self.encode_latent(source)
+        y, codes = self.encode_latents([source])
         tried = []
         for rate in sorted(self.levels, key=lambda lv: lv.nominal_bpp, reverse=True):
             encoded = EncodedImage(
                 rate.level,
                 source.height,
                 source.width,
-                self.hyper_encode(y, rate.level),
-                codes,
+                self.encode_indices(y, rate.level)[0],
+                codes[0],
                 source.grey,
             )
             data = self.pack(encoded, coder)
@@ -394,7 +403,7 @@ class OscarCodec:
         )
 
     # ------------------------------------------------------------------------ decoding
-    def parse(self, data: bytes) -> Container:
+    def _parse(self, data: bytes) -> Container:
         """Parse and check a file against this model (limits, fingerprint, level)."""
         container = bitstream.read(data, self.limits)
         header = container.header
@@ -413,7 +422,7 @@ class OscarCodec:
             return self._unpack(data)
 
     def _unpack(self, data: bytes) -> EncodedImage:
-        container = self.parse(data)
+        container = self._parse(data)
         header = container.header
         rate = self.rate(header.level)
         h, w = self.token_grid(header.height, header.width, header.level)
@@ -494,6 +503,12 @@ class OscarCodec:
         ``steps=1`` is OSCAR's one-step decoder. ``truncate``: see :meth:`decode`.
         """
         return self.decode(self.unpack(data), steps, truncate=truncate)
+
+    def decompress_batch(
+        self, files: Sequence[bytes], steps: int = 1, *, truncate: bool = False
+    ) -> list[np.ndarray]:
+        """Files of one level and image size → images, run through the networks as one batch."""
+        return self.decode_batch([self.unpack(data) for data in files], steps, truncate=truncate)
 
     def reconstruct(self, image: ImageLike, level: int, steps: int = 1) -> np.ndarray:
         """What decompress(compress(image), steps) returns, computed without bytes."""

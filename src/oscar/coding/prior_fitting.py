@@ -43,9 +43,9 @@ def count_indices(
     counts = {lv: np.zeros(codec.rate(lv).codebook_size, np.int64) for lv in levels}
     for path in tqdm(images, desc="counting indices", disable=not progress, unit="img"):
         source = codec.prepare_image(path)
-        y, _ = codec.encode_latent(source)
+        y, _ = codec.encode_latents([source])
         for lv in levels:
-            idx = codec.hyper_encode(y, lv)
+            idx = codec.encode_indices(y, lv)[0]
             counts[lv] += np.bincount(idx.reshape(-1), minlength=counts[lv].size)
     return counts
 

@@ -178,10 +178,10 @@ def make_seeds(codec: Any, sizes: Sequence[tuple[int, int]] | None = None) -> li
         if i % 2:
             image = image[:, :, 0]  # greyscale: sets the grey flag
         source = codec.prepare_image(image)
-        y, rms_codes = codec.encode_latent(source)  # once per image, as compress_to_budget does
+        y, codes = codec.encode_latents([source])  # once per image, as compress_to_budget does
         for rate in codec.levels:
             record = EncodedImage(
-                rate.level, h, w, codec.hyper_encode(y, rate.level), rms_codes, source.grey
+                rate.level, h, w, codec.encode_indices(y, rate.level)[0], codes[0], source.grey
             )
             coders = ["fixed"] + (["entropy"] if rate.level in tables else [])
             seeds += [codec.pack(record, coder) for coder in coders]

@@ -55,8 +55,8 @@ def measure_cosines(
     codec = OscarCodec(LoadedModel.from_model(model), device=device, optimize=False)
     found: dict[int, list[float]] = {lv: [] for lv in levels}
     for path in tqdm(images, desc="calibrating", unit="img", disable=not progress):
-        y, codes = codec.encode_latent(codec.prepare_image(path))
-        codes_t = torch.from_numpy(codes).unsqueeze(0).to(device)
+        y, codes = codec.encode_latents([codec.prepare_image(path)])
+        codes_t = torch.from_numpy(codes).to(device)
         for lv in levels:
             y_tilde = model.hyper_coder(lv)(y).y_tilde
             z_t = model.to_noisy_latent(y_tilde, codes_t)
