@@ -360,3 +360,23 @@ def test_eval_decodes_with_the_steps_asked_for(tiny_codec, tiny_model_dir, sampl
     argv = ["eval", str(images[0][0]), "-o", str(out), "--model", str(tiny_model_dir)]
     argv += ["--levels", "7", "--baselines", "none", "--metrics", "psnr", "--steps", "151"]
     assert main(argv) == 1 and not out.exists()  # level 7's timestep is 150
+
+
+def test_downscaled_always_adds_the_variants_at_every_level(tiny_codec, tmp_path):
+    # a flat grey image: webp is not at its floor at level 7's rate (on a flat image it can't
+    # even spend that many bytes), so only "always" adds the smaller copies
+    Image.new("RGB", (256, 256), (120, 130, 140)).save(tmp_path / "grey.png")
+    images = list_images(tmp_path)
+    suite = MetricSuite(("psnr",))
+    found = {}
+    for when in ("floor", "always"):
+        options = EvalOptions(levels=(7,), sweep=False, crops=0, warmup=False, downscaled=when)
+        part = evaluate_images(
+            tiny_codec, images, get_baselines("webp"), suite, options, progress=False
+        )
+        found[when] = {(r.codec, r.status) for r in part.records if r.kind == "matched"}
+    ((codec, status),) = found["floor"]
+    assert codec == "webp" and status != "floor"
+    assert {codec for codec, _ in found["always"]} == {"webp", "webp-down2", "webp-down4"}
+    with pytest.raises(ValueError, match="downscaled"):
+        EvalOptions(downscaled="sometimes")

@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size")
     p.add_argument("--no-sweep", action="store_true", help="skip the baselines' own sweeps")
     p.add_argument(
+        "--downscaled",
+        choices=("floor", "always"),
+        default="floor",
+        help="when to also code each baseline on a 2x and 4x smaller copy, upscaled back: "
+        "floor (only where its lowest setting is above our rate) or always (every level)",
+    )
+    p.add_argument(
         "--crops", type=int, default=3, metavar="N", help="images shown as crops in the report"
     )
     p.add_argument("--crop-size", type=positive_int, default=192, help="crop side in pixels")
@@ -153,6 +160,7 @@ def run_eval(args: argparse.Namespace) -> int:
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
         sweep=not args.no_sweep,
+        downscaled=args.downscaled,
         crops=args.crops,
         crop_size=args.crop_size,
         max_images=args.max_images,

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 REAL = "original"
 PROTOCOLS = ("ours", "paper")
+DOWNSCALED = ("floor", "always")
 PAPER_MULTIPLE = 128  # the original's test images: sides rounded down to multiples of 128
 
 
@@ -77,7 +78,10 @@ class EvalOptions:
     Attributes:
         levels: our levels to evaluate (None: all).
         sweep: also run each baseline's own settings (full curves).
-        downscale_factors: down-scaled variants tried when a baseline cannot reach our rate.
+        downscale_factors: down-scaled variants of each baseline.
+        downscaled: when to try them: ``floor`` (only when the baseline's lowest setting is
+            above our rate) or ``always`` (at every level, so that the comparison covers the
+            usual way to reach low rates with a classical codec even where it could do without).
         crops: number of images (the first ones) whose crops go into the report.
         crop_size: side of the square crop, in pixels (smaller images: their shorter side).
         max_images: evaluate only the first N images (sorted by name).
@@ -89,6 +93,7 @@ class EvalOptions:
     levels: tuple[int, ...] | None = None
     sweep: bool = True
     downscale_factors: tuple[int, ...] = (2, 4)
+    downscaled: str = "floor"
     crops: int = 3
     crop_size: int = 192
     max_images: int | None = None
@@ -97,6 +102,8 @@ class EvalOptions:
     protocol: str = "ours"
 
     def __post_init__(self) -> None:
+        if self.downscaled not in DOWNSCALED:
+            raise ValueError(f"downscaled must be one of {DOWNSCALED}, not {self.downscaled!r}")
         if self.protocol not in PROTOCOLS:
             from oscar.errors import ConfigError
 
@@ -432,7 +439,7 @@ def evaluate_images(
                 target = ours[level]
                 match = match_rate(bi.cache(1), target)
                 tries = [(1, match)]
-                if match.status == "floor":
+                if match.status == "floor" or options.downscaled == "always":
                     factors = options.downscale_factors
                     tries += [(f, match_rate(bi.cache(f), target)) for f in factors]
                 for scale, m in tries:

@@ -53,6 +53,7 @@ class EvalRequest:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     sweep: bool = True
+    downscaled: str = "floor"
     crops: int = 3
     crop_size: int = 192
     max_images: int | None = None
@@ -132,6 +133,7 @@ def run_evaluation(
     options = EvalOptions(
         levels=levels,
         sweep=request.sweep,
+        downscaled=request.downscaled,
         crops=request.crops,
         crop_size=request.crop_size,
         steps=request.steps,
@@ -160,6 +162,7 @@ def run_evaluation(
         "encoder effort": str(codec.effort),
         "decoding steps": f"{steps} ({'one-step decoder' if steps == 1 else 'DDIM'})",
         "baselines": ", ".join(f"{b.name} ({b.options})" for b in baselines) or "none",
+        "down-scaled baselines": f"2x and 4x, {request.downscaled}",
         "FID/KID protocol": f"{request.fid_patch}px patches"
         + (" + half-patch-shifted grid" if request.fid_shifted else "")
         + ", resized to 299, pytorch-fid Inception pool3",
