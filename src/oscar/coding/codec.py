@@ -237,6 +237,8 @@ class OscarCodec:
         return self.loaded.short_fingerprint
 
     def rate(self, level: int) -> RateLevel:
+        """The level's rate row; an unknown level is a ConfigError naming the rate table. The
+        public entry points look the level up once, before any work; the steps inside trust it."""
         return self.model.rate(level)
 
     def token_grid(self, height: int, width: int, level: int) -> tuple[int, int]:
@@ -295,7 +297,7 @@ class OscarCodec:
 
     def encode_batch(self, images: Sequence[ImageLike], level: int) -> list[EncodedImage]:
         """Images of one size → typed records, run through the networks as one batch."""
-        self.rate(level)
+        self.rate(level)  # the level's one check, before any image is read
         sources = [self.prepare_image(image) for image in images]
         if not sources:
             raise ImageError("a batch needs at least one image")
@@ -443,12 +445,7 @@ class OscarCodec:
 
     def check_steps(self, steps: int, level: int) -> None:
         """Refuse a number of decoding steps the level's timestep cannot hold."""
-        most = max(self.rate(level).timestep, 1)
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
-            raise ConfigError(
-                f"steps must be an integer from 1 to {most} for level {level} "
-                f"(timestep {self.rate(level).timestep}), got {steps!r}"
-            )
+        _check_steps(steps, self.rate(level))
 
     def decode(
         self, encoded: EncodedImage, steps: int = 1, *, truncate: bool = False
@@ -474,7 +471,8 @@ class OscarCodec:
             for r in records
         ):
             raise ConfigError("a batch must hold records of one level and size")
-        self.check_steps(steps, first.level)
+        rate = self.rate(first.level)  # the level's one check
+        _check_steps(steps, rate)
         ph, pw = padded_size(first.height, first.width, self.pad_multiple)
         allocator_for_pixels(len(records) * ph * pw)
         tiles = self.tiling("decode", ph, pw)
@@ -485,7 +483,7 @@ class OscarCodec:
             y_tilde = model.hyper_coder(first.level).decode(indices)
             z_t = model.to_noisy_latent(y_tilde, torch.from_numpy(codes).to(self.device))
         with stage("unet"):
-            y_hat = model.denoise(z_t, self.rate(first.level).timestep, tiles, steps=steps)
+            y_hat = model.denoise(z_t, rate.timestep, tiles, steps=steps)
         with stage("vae_decode"):
             y_hat = y_hat.contiguous(memory_format=self.memory_format)
             x_hat = model.decode_latent(y_hat, tiles)
@@ -513,3 +511,12 @@ class OscarCodec:
     def reconstruct(self, image: ImageLike, level: int, steps: int = 1) -> np.ndarray:
         """What decompress(compress(image), steps) returns, computed without bytes."""
         return self.decode(self.encode(image, level), steps)
+
+
+def _check_steps(steps: int, rate: RateLevel) -> None:
+    most = max(rate.timestep, 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
+        raise ConfigError(
+            f"steps must be an integer from 1 to {most} for level {rate.level} "
+            f"(timestep {rate.timestep}), got {steps!r}"
+        )

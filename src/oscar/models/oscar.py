@@ -90,11 +90,16 @@ class OscarModel(nn.Module):
         return self.config.levels
 
     def rate(self, level: int) -> RateLevel:
+        """The level's rate row; an unknown level is a ConfigError naming the rate table."""
         return self.config.level(level)
 
     def hyper_coder(self, level: int) -> HyperCoder:
-        self.config.level(level)  # clear error for an unknown level
-        return self.hyper[str(level)]
+        """The level's hyper-coder; callers have checked the level (an unknown one still gets
+        the rate table's ConfigError, not a KeyError)."""
+        key = str(level)
+        if key not in self.hyper:
+            self.config.level(level)  # raises
+        return self.hyper[key]
 
     # ------------------------------------------------------------------------ stages
     def encode_latent(self, x: torch.Tensor, tiles: Tiling | None = None) -> torch.Tensor:
