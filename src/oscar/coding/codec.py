@@ -98,6 +98,8 @@ class BudgetResult:
     data: bytes
     level: int
     tried: tuple[tuple[int, int], ...]  # (level, bytes) for each level tried, highest rate first
+    height: int  # the image size, as the file records it
+    width: int
 
 
 class NoLevelFitsError(OscarError):
@@ -398,7 +400,7 @@ class OscarCodec:
             data = self.pack(encoded, coder)
             tried.append((rate.level, len(data)))
             if len(data) <= max_bytes:
-                return BudgetResult(data, rate.level, tuple(tried))
+                return BudgetResult(data, rate.level, tuple(tried), source.height, source.width)
         smallest = min(size for _, size in tried)
         raise NoLevelFitsError(
             f"no level fits in {max_bytes} bytes; the smallest file would be {smallest} bytes"

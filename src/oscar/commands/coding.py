@@ -125,14 +125,20 @@ def run_compress(args: argparse.Namespace) -> int:
     codec = load_codec(args)
 
     def work(job: Job) -> str:
-        source = codec.prepare_image(job.source)
+        # The codec reads and prepares the image once; the size comes back with the result.
         if args.max_bytes is not None:
-            result = codec.compress_to_budget(source, args.max_bytes, args.coder)
-            data, chosen = result.data, result.level
+            result = codec.compress_to_budget(job.source, args.max_bytes, args.coder)
+            data, chosen, height, width = result.data, result.level, result.height, result.width
         else:
-            data, chosen = codec.compress(source, level, args.coder), level
+            encoded = codec.encode(job.source, level)  # what compress does, keeping the record
+            data, chosen, height, width = (
+                codec.pack(encoded, args.coder),
+                level,
+                encoded.height,
+                encoded.width,
+            )
         write_bytes_atomic(job.target, data, force=args.force)
-        bpp = len(data) * 8 / (source.height * source.width)
+        bpp = len(data) * 8 / (height * width)
         return f"{job.source} -> {job.target}: level {chosen}, {len(data)} bytes, {bpp:.4f} bpp"
 
     return run_batch(jobs, work, "compressing", ENCODE_STAGES)
