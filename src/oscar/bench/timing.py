@@ -40,12 +40,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from oscar import sample_image_path
+from oscar.coding.codec import OscarCodec
 from oscar.coding.effort import DEFAULT_EFFORT
 from oscar.rates import padded_size
+from oscar.runtime import device as dev
+from oscar.runtime.allocator import tune_cpu_allocator
+from oscar.runtime.device import synchronize
 from oscar.runtime.provenance import environment, load_average
-from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES
+from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES, recording
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +92,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def bench_image(height: int, width: int) -> np.ndarray:
     """The packaged sample image, mirrored and tiled to (height, width, 3) uint8."""
-    from PIL import Image
 
     with Image.open(sample_image_path()) as image:
         tile = np.asarray(image.convert("RGB"))
@@ -169,8 +175,6 @@ class Recorder:
     """Measures stages (``oscar.runtime.stages``) and whole runs on one device."""
 
     def __init__(self, device) -> None:
-        from oscar.runtime import device as dev
-
         self.device = device
         self._dev = dev
         self.rss = None if dev.is_accelerator(device) else RssProbe()
@@ -205,7 +209,6 @@ class Recorder:
     @contextmanager
     def record(self) -> Iterator[Run]:
         """Record one end-to-end run (the stages inside it are added to it)."""
-        from oscar.runtime.stages import recording
 
         self._dev.synchronize(self.device)
         self._reset_peak()
@@ -260,9 +263,6 @@ class FlopRecorder:
 
     @contextmanager
     def measure(self, name: str) -> Iterator[None]:
-        import torch
-        from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
         def cpu_attention(q, k, v, *args, out_shape=None, **kwargs) -> int:
             return sdpa_flop_count(q, k, v)
 
@@ -289,9 +289,6 @@ def float32_throughput(device, repeats: int = 5) -> dict[str, float]:
     the UNet partly below it), so every result records it: runs on different machines can then
     be told apart, and compared.
     """
-    import torch
-
-    from oscar.runtime.device import synchronize
 
     def rate(work, flop: float) -> float:
         for _ in range(2):
@@ -320,8 +317,6 @@ def float32_throughput(device, repeats: int = 5) -> dict[str, float]:
 
 
 def _load_codec(config: BenchConfig, dtype: str | None = None):
-    from oscar.coding.codec import OscarCodec
-
     return OscarCodec.from_pretrained(
         config.model,
         device=config.device,
@@ -336,9 +331,6 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
 
     ``save_file`` receives the (first) compressed file, for :func:`decode_only`.
     """
-    import torch
-
-    from oscar.runtime.allocator import tune_cpu_allocator
 
     allocator_tuned = False if config.baseline else tune_cpu_allocator()
     if config.threads is not None:
@@ -390,8 +382,6 @@ def run_configuration(config: BenchConfig, save_file: Path | None = None) -> dic
         save_file.write_bytes(files[0][0])
     flops: dict[str, dict[str, int]] = {}
     if config.flops:
-        from oscar.runtime.stages import recording
-
         for key, work in [("encode", encode), ("1", lambda: decode(files[0], 1))]:
             with recording(FlopRecorder()) as counter:
                 work()
@@ -465,7 +455,6 @@ def decode_only(config: BenchConfig, path: Path) -> dict[str, Any]:
     Its peak memory is what decoding alone needs: in the main measurement the same process has
     encoded first, and memory the allocator keeps from that can raise the decoding peak.
     """
-    from oscar.runtime.allocator import tune_cpu_allocator
 
     allocator_tuned = False if config.baseline else tune_cpu_allocator()
     codec = _load_codec(config)

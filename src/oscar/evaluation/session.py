@@ -82,7 +82,7 @@ def process_shard(device: str):
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None, None
     try:
-        from accelerate import PartialState  # optional: only several processes need it
+        from accelerate import PartialState  # lazy: optional, only several processes need it
     except ImportError:
         raise ConfigError("several processes need `accelerate` (pip install accelerate)") from None
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from oscar.fuzz.harness import (
     ContractViolation,
     FuzzReport,
@@ -26,6 +28,8 @@ from oscar.fuzz.mutations import Mutator, _split, with_crc
 
 
 def _load_codec(args: argparse.Namespace) -> Any:
+    # lazy: the codec's modules load after atheris.instrument_imports (_run_atheris), so that
+    # atheris sees their branches
     from oscar.coding.bitstream import Limits
     from oscar.coding.codec import OscarCodec
 
@@ -35,7 +39,7 @@ def _load_codec(args: argparse.Namespace) -> Any:
 
 
 def _run_atheris(args: argparse.Namespace) -> int:
-    import atheris
+    import atheris  # lazy: the test extra, Linux x86-64 only
 
     # Imported here, under instrumentation, so that atheris sees the branches of the parsers.
     with atheris.instrument_imports(include=["oscar"]):
@@ -101,6 +105,7 @@ def _run_atheris(args: argparse.Namespace) -> int:
 
 
 def _run_expensive(args: argparse.Namespace) -> int:
+    # lazy: as in _load_codec (oscar.fuzz.expensive imports the codec)
     from oscar.coding.bitstream import Limits
     from oscar.coding.codec import OscarCodec
     from oscar.fuzz.expensive import run
@@ -162,7 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    import torch
 
     torch.set_num_threads(args.threads)
     if args.atheris:
