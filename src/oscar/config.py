@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from oscar.errors import ConfigError
+from oscar.filetypes import open_regular_file
+from oscar.limits import MAX_METADATA_BYTES
 from oscar.rates import DEFAULT_LADDER, VAE_FACTOR, RateLevel, padded_size, validate_ladder
 
 
@@ -312,9 +314,6 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> ModelConfig:
-        from oscar.filetypes import open_regular_file
-        from oscar.limits import MAX_METADATA_BYTES
-
         path = Path(path)
         try:
             with open_regular_file(path, ConfigError) as f:
@@ -333,6 +332,4 @@ class ModelConfig:
             raise ConfigError(f"{path}: {exc}") from exc
 
     def replace_levels(self, levels: tuple[RateLevel, ...]) -> ModelConfig:
-        from dataclasses import replace
-
         return replace(self, levels=tuple(sorted(levels, key=lambda lv: lv.level)))

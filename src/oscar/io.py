@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from oscar.errors import ImageError, OscarError, OutputError, OutputExistsError
-from oscar.filetypes import open_regular_file
+from oscar.filetypes import OUTPUT_FORMATS, open_regular_file
 from oscar.limits import DEFAULT_MAX_PIXELS
 from oscar.rates import padded_size
 
@@ -147,7 +147,7 @@ def _exact_16bit_rgb(image: Image.Image, file: BinaryIO) -> np.ndarray | None:
     if image.format != "PNG" or image.mode not in ("RGB", "RGBA") or _png_bit_depth(file) != 16:
         return None
     try:
-        import imagecodecs
+        import imagecodecs  # lazy: the eval extra, optional here (Pillow reads otherwise)
 
         file.seek(0)
         array = imagecodecs.png_decode(file.read())
@@ -457,7 +457,6 @@ def write_bytes_atomic(path: str | Path, data: bytes, force: bool = False) -> No
 def save_image(image: np.ndarray, path: str | Path, force: bool = False) -> None:
     """Write (H, W, 3) or (H, W) uint8 atomically in the format its suffix names."""
     path = Path(path)
-    from oscar.filetypes import OUTPUT_FORMATS
 
     fmt = OUTPUT_FORMATS.get(path.suffix.lower())
     if fmt is None:

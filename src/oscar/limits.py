@@ -53,7 +53,7 @@ def _cgroup_limit() -> int | None:
 
 def _address_space_limit() -> int | None:
     try:
-        import resource
+        import resource  # lazy: Unix only, and only this check needs it
 
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     except (ImportError, OSError, ValueError):

@@ -201,7 +201,7 @@ def identity_adapter(
 
 # ----------------------------------------------------------------------------- training (peft)
 def _peft_layers(unet: nn.Module) -> dict[str, nn.Module]:
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: the train extra, which may be absent
 
     return {n: m for n, m in unet.named_modules() if isinstance(m, LoraLayer)}
 
@@ -220,7 +220,7 @@ def add_lora(
     UNet's output is unchanged until training moves B. Only the LoRA factors require grad.
     Returns the wrapped module names.
     """
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazy: the train extra, which may be absent
 
     names = lora_target_names(unet, settings)  # also refuses unsupported module types
     config = LoraConfig(

@@ -28,6 +28,7 @@ from diffusers.models.unets.unet_2d_blocks import get_up_block
 
 from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
+from oscar.models.patch_autoencoder import PatchAutoencoder
 
 
 class PixelShuffleDecoder(Decoder):
@@ -81,7 +82,6 @@ def _up_block(like: torch.nn.Module, depth: int, vae_config: Mapping[str, Any]) 
 
 def vae_class(vae_config: Mapping[str, Any]) -> type:
     """The autoencoder class a VAE config names (``_class_name``; AutoencoderKL by default)."""
-    from oscar.models.patch_autoencoder import PatchAutoencoder
 
     name = vae_config.get("_class_name", "AutoencoderKL")
     classes = {"AutoencoderKL": AutoencoderKL, "PatchAutoencoder": PatchAutoencoder}

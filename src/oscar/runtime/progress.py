@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
+from tqdm.auto import tqdm
+
 MIN_INTERVAL = 0.1  # seconds between redraws (tqdm's default mininterval)
 
 
@@ -41,8 +43,6 @@ class StageProgress:
         delay: float = 1.0,
         interval: float = MIN_INTERVAL,
     ) -> None:
-        from tqdm.auto import tqdm
-
         self.stages = tuple(stages)
         self.label = label
         self._inner: dict[str, tuple[int, int]] = {}

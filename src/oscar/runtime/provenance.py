@@ -11,6 +11,7 @@ import platform
 import re
 import subprocess
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,6 @@ def git_state(root: Path = SOURCE_ROOT, exclude: Sequence[Path] = ()) -> dict[st
 
 
 def library_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for package in ("oscar-codec", "torch", "diffusers", "numpy", "constriction", "safetensors"):
         try:

@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import UNet2DConditionModel
+from safetensors import safe_open
 
 from oscar.config import HyperConfig, LoraSettings, ModelConfig
 from oscar.errors import ConfigError, ModelError
@@ -65,6 +67,7 @@ from oscar.store.diffusers_io import (
     public_config,
     read_json,
 )
+from oscar.store.pretrained import SCHEDULER_FILE, load_model, write_model_files
 
 logger = logging.getLogger(__name__)
 
@@ -298,8 +301,6 @@ def _map_level(
 def _map_unet(
     ckpt: Mapping[str, Any], unet_config: Mapping[str, Any], report: ConversionReport
 ) -> tuple[LoraSettings, dict[str, torch.Tensor]]:
-    from diffusers import UNet2DConditionModel
-
     settings = LoraSettings(int(ckpt["rank_unet"]), OFFICIAL_LORA_ALPHA, OFFICIAL_TARGETS)
     unet = build_empty(UNet2DConditionModel, unet_config)
     targets = lora_target_names(unet, settings)
@@ -423,7 +424,6 @@ def map_checkpoint(
 
 def _base_tensor(folder: Path, name: str) -> torch.Tensor | None:
     """One tensor of a diffusers weights file, read lazily (no full load)."""
-    from safetensors import safe_open
 
     kind, path = find_weights(folder, "UNet")
     if kind == "index":
@@ -455,7 +455,6 @@ def convert_official(
     With ``verify`` the written directory is loaded once (base weights included) and its
     fingerprint is reported.
     """
-    from oscar.store.pretrained import SCHEDULER_FILE, load_model, write_model_files
 
     checkpoint, base, output = Path(checkpoint), Path(base_model).resolve(), Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:

@@ -41,12 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from oscar.coding.priors import IndexPriors
 from oscar.config import ModelConfig
 from oscar.errors import ConfigError, ModelError
-from oscar.io import give_usual_permissions
+from oscar.io import atomic_output, give_usual_permissions
 from oscar.models.lora import (
     LORA_PREFIX,
     UnetAdapter,
@@ -345,7 +346,6 @@ def write_model_config(directory: str | Path, config: ModelConfig) -> None:
     (a model on Stable Diffusion 2.1), and descriptive fields such as where a conversion came
     from; ``config.base_model`` may be a ``--base-model`` given for this run only.
     """
-    from oscar.io import atomic_output
 
     directory = Path(directory)
     meta = _read_meta(directory)
@@ -384,7 +384,6 @@ def load_model(
     maths, one rounding), unless ``merge_lora=False``: then the UNet is wrapped with peft
     adapters holding the stored factors, for training.
     """
-    from diffusers import UNet2DConditionModel
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -491,7 +490,6 @@ def model_on_base(config: ModelConfig, base_model: str | Path, seed: int = 0) ->
     to the folder, so :func:`save_model` with ``include_base=False`` references it (``oscar init
     --base-model``, a training recipe with ``base_model``).
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     base = _base_folder(Path("."), str(base_model), base_model)
     vae, _, vae_config = load_part(AutoencoderKL, base / "vae", "VAE")
