@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from oscar.coding.codec import OscarCodec
 from oscar.config import ModelConfig
 from oscar.models.oscar import OscarModel
 from oscar.models.schedule import NoiseSchedule
+from oscar.store.pretrained import LoadedModel
 from oscar.training.losses import global_cosine
 
 
@@ -48,8 +50,6 @@ def measure_cosines(
     progress: bool = True,
 ) -> dict[int, list[float]]:
     """Per level, cos(z_t, y) of every image."""
-    from oscar.coding.codec import OscarCodec
-    from oscar.store.pretrained import LoadedModel
 
     # optimize=False: the inference tuning would change the layout of the model being trained
     codec = OscarCodec(LoadedModel.from_model(model), device=device, optimize=False)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -329,7 +329,7 @@ class TrainConfig:
             raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
+                import yaml  # lazy: the train extra, which may be absent (JSON needs none)
 
                 data = yaml.safe_load(text)
             else:
@@ -347,7 +347,6 @@ class TrainConfig:
         Paths that exist relative to the working directory are kept, so recipes in configs/
         can say `configs/small.json` when run from the project root.
         """
-        from dataclasses import replace
 
         def fix(p: str | None) -> str | None:
             if p is None or Path(p).is_absolute() or Path(p).exists():

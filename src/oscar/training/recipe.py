@@ -23,13 +23,24 @@ from typing import Any
 
 import torch
 
+from oscar.coding.codec import OscarCodec
+from oscar.coding.prior_fitting import fit_priors
 from oscar.coding.priors import IndexPriors
 from oscar.config import ModelConfig
 from oscar.errors import ConfigError
 from oscar.models.oscar import OscarModel
 from oscar.runtime.provenance import environment
-from oscar.store.pretrained import load_model, model_on_base, require_fingerprint, save_model
+from oscar.store.pretrained import (
+    LoadedModel,
+    load_model,
+    model_on_base,
+    require_fingerprint,
+    save_model,
+)
+from oscar.training.add_level import add_level
+from oscar.training.calibration import calibrate, format_table
 from oscar.training.config import TRAINING_KINDS, StageConfig, TrainConfig
+from oscar.training.data import list_images
 from oscar.training.loop import (
     EMA,
     LoopContext,
@@ -40,6 +51,11 @@ from oscar.training.loop import (
     run_loop,
     validate,
 )
+from oscar.training.stages.decoder import DecoderStage
+from oscar.training.stages.diffusion import DiffusionStage
+from oscar.training.stages.hyper import HyperStage
+from oscar.training.stages.joint import JointStage
+from oscar.training.stages.vae import VAEStage
 
 log = logging.getLogger(__name__)
 DONE_FILE = "done.json"
@@ -151,12 +167,6 @@ def _close_trackers(accelerator) -> None:
 
 
 def _run_training(ctx: LoopContext, model: OscarModel, priors, record: dict, max_seconds) -> bool:
-    from oscar.training.stages.decoder import DecoderStage
-    from oscar.training.stages.diffusion import DiffusionStage
-    from oscar.training.stages.hyper import HyperStage
-    from oscar.training.stages.joint import JointStage
-    from oscar.training.stages.vae import VAEStage
-
     kinds = {
         "vae": VAEStage,
         "diffusion": DiffusionStage,
@@ -212,11 +222,8 @@ def _run_tool_stage(ctx: LoopContext, model: OscarModel, priors, record: dict) -
     model.eval()
     if not ctx.is_main:
         return
-    from oscar.training.data import list_images
 
     if sc.kind == "calibrate":
-        from oscar.training.calibration import calibrate, format_table
-
         images = list_images(config.data.validation)[: config.data.max_validation_images]
         levels = None if sc.levels == "all" else list(sc.levels)
         _, rows = calibrate(model, images, levels, device=ctx.device)
@@ -224,10 +231,6 @@ def _run_tool_stage(ctx: LoopContext, model: OscarModel, priors, record: dict) -
         log.info("calibration:\n%s", format_table(rows))
         print(format_table(rows))
     elif sc.kind == "priors":
-        from oscar.coding.codec import OscarCodec
-        from oscar.coding.prior_fitting import fit_priors
-        from oscar.store.pretrained import LoadedModel
-
         codec = OscarCodec(LoadedModel.from_model(model), device=ctx.device, optimize=False)
         levels = None if sc.levels == "all" else list(sc.levels)
         fitted, reports = fit_priors(codec, list_images(config.data.train), levels)
@@ -236,8 +239,6 @@ def _run_tool_stage(ctx: LoopContext, model: OscarModel, priors, record: dict) -
         priors = fitted
         record["priors"] = [asdict(r) for r in reports]
     elif sc.kind == "add_level":
-        from oscar.training.add_level import add_level
-
         rate = add_level(model, sc.grid_factor, sc.codebook_size, config.seed)
         record["added_level"] = asdict(rate)
     _save(model, ctx.stage_dir / "model", priors=priors)

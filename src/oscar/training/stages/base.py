@@ -13,8 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from oscar.coding.codec import OscarCodec
 from oscar.errors import ConfigError
+from oscar.evaluation.runner import aggregate, evaluate_oscar
 from oscar.models.oscar import OscarModel
+from oscar.store.pretrained import LoadedModel
 from oscar.training.data import CropDataset, crop_loader, list_images
 from oscar.training.loop import LoopContext
 
@@ -111,9 +114,6 @@ class Stage:
         """Encode and decode the held-out images at ``levels`` with the in-memory model."""
         if not self.validation_images or not self.ctx.is_main:
             return {}
-        from oscar.coding.codec import OscarCodec
-        from oscar.evaluation.runner import aggregate, evaluate_oscar
-        from oscar.store.pretrained import LoadedModel
 
         was_training = self.model.training
         self.model.eval()

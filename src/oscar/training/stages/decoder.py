@@ -48,6 +48,7 @@ from oscar.store.pretrained import load_model, require_fingerprint
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import l1, make_perceptual, value
 from oscar.training.stages.base import Stage, resolve_levels
+from oscar.training.stages.vae import autoencoder_psnr
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,6 @@ class DecoderStage(Stage):
         return logs
 
     def validate(self, step: int) -> dict[str, float]:
-        from oscar.training.stages.vae import autoencoder_psnr
-
         metrics = autoencoder_psnr(self, step)
         metrics.update(self.validate_codec(step, self.latent_levels))
         for part in self.trained_parts:  # both checks leave the whole model in eval mode

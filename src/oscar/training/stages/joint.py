@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from oscar.errors import ConfigError
+from oscar.models.lora import add_lora, has_peft_lora, lora_parameters
 from oscar.training.discriminators import UNetFeatureDiscriminator
 from oscar.training.loop import backward_and_step, make_optimized
 from oscar.training.losses import (
@@ -70,7 +71,7 @@ def require_perceptual(loss, used: str, weights_dir: str | None) -> None:
         return
     reason = None
     try:
-        from oscar.evaluation.perceptual import unavailable_reason
+        from oscar.evaluation.perceptual import unavailable_reason  # lazy, guarded: losses.py
 
         reason = unavailable_reason(loss.perceptual_kind, weights_dir)
     except (ImportError, KeyError):
@@ -123,7 +124,6 @@ class JointStage(Stage):
         bit-identical, and the stage's model directory stores the factors as ``unet_lora.*``
         beside the base weights (or, on Stable Diffusion 2.1, instead of them).
         """
-        from oscar.models.lora import add_lora, has_peft_lora, lora_parameters
 
         unet = self.model.unet
         if self.model.config.lora is None:

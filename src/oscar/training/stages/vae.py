@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from oscar.errors import ConfigError
+from oscar.evaluation.metrics import psnr
+from oscar.io import crop, image_to_tensor, load_image, pad, tensor_to_image
 from oscar.models.patch_autoencoder import PatchAutoencoder, fit_block_pca
 from oscar.training.discriminators import PatchDiscriminator
 from oscar.training.loop import backward_and_step, make_optimized
@@ -160,8 +162,6 @@ def autoencoder_psnr(stage: Stage, step: int) -> dict[str, float]:
     """Mean PSNR of the autoencoder's own reconstruction of the held-out images (logged)."""
     if not stage.validation_images or not stage.ctx.is_main:
         return {}
-    from oscar.evaluation.metrics import psnr
-    from oscar.io import crop, image_to_tensor, load_image, pad, tensor_to_image
 
     vae = stage.model.vae
     was_training = vae.training
