@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+from oscar.coding.effort import check_effort
 from oscar.commands.common import (
     Job,
     add_effort_option,
@@ -25,6 +27,7 @@ from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -94,7 +97,7 @@ def check_compress_args(args: argparse.Namespace) -> tuple[list[Job], int | None
     exist, outputs that are not named as images, the encoder effort, and the level (or the
     level --bpp picks) against the model's rate table. Returns the jobs and the level (None
     with --max-bytes, which picks one per image)."""
-    from oscar.coding.effort import check_effort
+    # lazy: light (no torch), but --help does not need it
     from oscar.rates import nearest_level_by_bpp
     from oscar.store.model_files import read_config, resolve_model_dir
 
@@ -120,6 +123,7 @@ def check_compress_args(args: argparse.Namespace) -> tuple[list[Job], int | None
 
 def run_compress(args: argparse.Namespace) -> int:
     jobs, level = check_compress_args(args)  # before any heavy import
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.io import write_bytes_atomic
 
     codec = load_codec(args)
@@ -147,6 +151,7 @@ def run_compress(args: argparse.Namespace) -> int:
 def check_decompress_args(args: argparse.Namespace) -> list[Job]:
     """What decompress can check before the model loads: inputs that exist, outputs in an image
     format (by suffix), existing outputs, and a model directory that reads."""
+    # lazy: light (no torch), but --help does not need it
     from oscar.store.model_files import read_config, resolve_model_dir
 
     jobs = plan_outputs(args.inputs, args.output, (FILE_SUFFIX,), ".png")
@@ -174,6 +179,7 @@ def _check_sources(jobs: list[Job]) -> None:
 
 def run_decompress(args: argparse.Namespace) -> int:
     jobs = check_decompress_args(args)  # before any heavy import
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.io import save_image
 
     codec = load_codec(args)
@@ -190,7 +196,6 @@ def run_decompress(args: argparse.Namespace) -> int:
 def _refuse_existing(jobs: list[Job], force: bool) -> None:
     """Fail before any work when an output is one of the inputs (the same file by any name,
     even with --force), or when an output exists, unless --force."""
-    import os
 
     sources = {}
     for job in jobs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -11,14 +12,19 @@ from oscar.commands.common import (
     add_limit_options,
     add_model_options,
     add_steps_option,
+    load_codec,
     positive_int,
 )
+from oscar.commands.models import parse_levels
 from oscar.errors import ConfigError
+from oscar.extras import require_extra
+from oscar.filetypes import find_files
 
 DEFAULT_BASELINES = "jpeg,webp,avif,jxl,jpeg2000"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -108,7 +114,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def check_eval_extras(args: argparse.Namespace) -> None:
     """Before any work: the [eval] extras this run needs (the baselines need imagecodecs; the
     plots matplotlib; the BD-rates bjontegaard)."""
-    from oscar.extras import require_extra
 
     modules = ["matplotlib", "bjontegaard"]
     if args.baselines.strip().lower() != "none":
@@ -119,9 +124,8 @@ def check_eval_extras(args: argparse.Namespace) -> None:
 def check_eval_args(args: argparse.Namespace) -> list[int] | None:
     """Before torch or the model load: OUT, the data paths, the baseline names and the levels
     against the model's rate table. Returns the levels asked for (None: all)."""
-    from oscar.commands.models import parse_levels
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.evaluation.baselines import get_baselines
-    from oscar.filetypes import find_files
     from oscar.store.model_files import read_config, resolve_model_dir
 
     out = Path(args.output)
@@ -141,7 +145,7 @@ def check_eval_args(args: argparse.Namespace) -> list[int] | None:
 def run_eval(args: argparse.Namespace) -> int:
     check_eval_extras(args)
     levels = check_eval_args(args)
-    from oscar.commands.common import load_codec
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.evaluation.session import EvalRequest, run_evaluation
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -183,8 +187,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result, metrics, out: Path) -> None:
-    import math
-
     def fmt(v):
         return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
 

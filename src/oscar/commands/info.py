@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from oscar.commands.common import add_limit_options, read_input_file
+from oscar.errors import ConfigError, OscarError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -49,9 +51,9 @@ def run_info(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- files
 def _print_files(args: argparse.Namespace) -> int:
+    # lazy: light (no torch), but --help does not need it
     from oscar.coding.bitstream import Limits
     from oscar.coding.file_info import describe_file
-    from oscar.errors import ConfigError, OscarError
     from oscar.store.model_files import MODEL_FILE, read_config, resolve_model_dir  # no torch
 
     limits = Limits(max_pixels=args.max_pixels)
@@ -125,6 +127,7 @@ def _millions(n: int) -> str:
 
 
 def _print_model(args: argparse.Namespace) -> int:
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.store.model_info import describe_model
     from oscar.store.pretrained import load_model, resolve_model_dir
 

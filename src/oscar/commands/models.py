@@ -10,6 +10,7 @@ from oscar.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -73,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     import torch
 
     from oscar.config import ModelConfig
@@ -112,6 +114,7 @@ def parse_levels(text: str, available: tuple[int, ...]) -> list[int]:
 
 
 def run_fit_priors(args: argparse.Namespace) -> int:
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.coding.codec import OscarCodec
     from oscar.coding.prior_fitting import find_images, fit_priors
     from oscar.coding.priors import IndexPriors
@@ -147,6 +150,7 @@ def run_fit_priors(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     import torch
 
     from oscar.store.pretrained import load_model, save_model
