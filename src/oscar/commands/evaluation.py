@@ -124,7 +124,7 @@ def check_eval_extras(args: argparse.Namespace) -> None:
 def check_eval_args(args: argparse.Namespace) -> list[int] | None:
     """Before torch or the model load: OUT, the data paths, the baseline names and the levels
     against the model's rate table. Returns the levels asked for (None: all)."""
-    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
+    # lazy: numpy and Pillow (the baselines) and the model files, which --help does not need
     from oscar.evaluation.baselines import get_baselines
     from oscar.store.model_files import read_config, resolve_model_dir
 
