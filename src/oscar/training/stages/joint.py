@@ -16,7 +16,7 @@ latents noised at t in ``discriminator_timesteps`` (real y, fake y_hat; from ste
 form: ours (hinge, RGB Sobel maps, whole-latent cosine) or the original's (``paper``: L1 on
 [0, 1], grey Sobel maps, per-channel cosine, softplus / BCE). Either way the generator's
 adversarial gradient reaches y_hat and through it the UNet, prompt and hyper-coders
-(tests/test_training.py checks it), which the original's never did (docs/method.md §6.2).
+(tests/test_training_stages.py checks it), which the original's never did (docs/method.md §6.2).
 """
 
 from __future__ import annotations
