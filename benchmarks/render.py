@@ -114,7 +114,7 @@ def ratio_parts(result: dict) -> dict[str, float] | None:
 
 def machines_table(own: dict[str, dict | None], others: dict[str, dict[str, dict | None]]) -> str:
     """The 1- and 20-step decodes at 768×512 (and the ratio at 1920×1080) on each machine."""
-    from oscar.bench_report import markdown_table
+    from oscar.bench.report import markdown_table
 
     rows = []
     for name, groups in [("this page's", own), *others.items()]:
@@ -173,7 +173,7 @@ def _steps_ratio(result: dict | None) -> str:
 
 
 def targets_table(docs: dict[str, dict | None], others: dict[str, dict[str, dict | None]]) -> str:
-    from oscar.bench_report import markdown_table
+    from oscar.bench.report import markdown_table
 
     rows = []
     main = find(docs.get("main"), *TARGET_SIZE)
@@ -277,7 +277,7 @@ def sd21_note(docs: dict[str, dict | None], small_ratio: float) -> str:
 
 def effort_table(effort: dict | None, main: dict | None) -> str:
     """Encode time with each encoder effort against the default encoder (same size, level)."""
-    from oscar.bench_report import markdown_table
+    from oscar.bench.report import markdown_table
 
     runs = [
         r
@@ -309,8 +309,8 @@ def effort_table(effort: dict | None, main: dict | None) -> str:
 
 def before_after_table(before: dict | None, after: dict | None) -> str:
     """Per-stage medians at 768×512: the untuned path vs the tuned one, wall and CPU time."""
-    from oscar.bench_report import markdown_table
-    from oscar.stages import DECODE_STAGES, ENCODE_STAGES
+    from oscar.bench.report import markdown_table
+    from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES
 
     b, a = find(before, *TARGET_SIZE), find(after, *TARGET_SIZE)
     if b is None or a is None:
@@ -334,7 +334,7 @@ def before_after_table(before: dict | None, after: dict | None) -> str:
 
 
 def memory_table(before: dict | None, after: dict | None) -> str:
-    from oscar.bench_report import markdown_table
+    from oscar.bench.report import markdown_table
 
     rows = []
     for r in (after or {}).get("results", []):
@@ -372,7 +372,7 @@ def memory_table(before: dict | None, after: dict | None) -> str:
 
 
 def bf16_table(doc: dict | None, fp32: dict | None) -> str:
-    from oscar.bench_report import markdown_table
+    from oscar.bench.report import markdown_table
 
     # float32 from the same group's run when it has one (same conditions), else the main group
     r = find(doc, *TARGET_SIZE, dtype="bfloat16")
@@ -406,7 +406,7 @@ def bf16_hardware(docs: dict[str, dict | None]) -> str:
 
 
 def group_section(doc: dict | None, stages: bool) -> str:
-    from oscar.bench_report import markdown_table, stage_rows, summary_rows
+    from oscar.bench.report import markdown_table, stage_rows, summary_rows
 
     if doc is None:
         return "_Not run._"

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render import MACHINE_GROUPS, MACHINES, render  # benchmarks/render.py, beside this file
 
-from oscar.provenance import git_state
+from oscar.runtime.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -115,7 +115,7 @@ def oscar(*args: str) -> None:
 
 def choose_model(given: str | None, scratch: Path) -> tuple[Path, str]:
     """The model to measure and how it was chosen (one line for BENCHMARKS.md)."""
-    from oscar.pretrained import MODEL_FILE, embedded_model_dir
+    from oscar.store.pretrained import MODEL_FILE, embedded_model_dir
 
     if given:
         return Path(given), f"the model directory given with `--model` (`{Path(given).name}`)"
@@ -142,7 +142,7 @@ def choose_level(model: Path) -> tuple[int, int]:
     """One level for every group, and its timestep: the highest-rate level whose pseudo-timestep
     allows the most DDIM steps any group decodes with (``--steps N`` needs t_L ≥ N)."""
     from oscar.commands.bench import default_level
-    from oscar.pretrained import read_config
+    from oscar.store.pretrained import read_config
 
     most = max(
         int(n) for _, args, _ in GROUPS.values() for n in args[args.index("--steps") + 1].split(",")

@@ -57,8 +57,8 @@ def psnr(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
 
 
 def quality(args: argparse.Namespace) -> None:
-    from oscar.codec import OscarCodec
-    from oscar.tiling import StageTiles, Tiling
+    from oscar.coding.codec import OscarCodec
+    from oscar.runtime.tiling import StageTiles, Tiling
 
     codec = OscarCodec.from_pretrained(args.model, device="cpu")
     m = codec.model
@@ -117,14 +117,14 @@ import json, sys, time, torch
 sys.path.insert(0, sys.argv[1])
 torch.set_num_threads(1)
 from tiling import measure_peak, test_image
-from oscar.codec import OscarCodec
-from oscar.io import padded_size
-from oscar.tiling import estimated_peak
+from oscar.coding.codec import OscarCodec
+from oscar.rates import padded_size
+from oscar.runtime.tiling import estimated_peak
 model, h, w, budget, tile, direction = sys.argv[2:8]
 h, w = int(h), int(w)
 kwargs = {}
 if budget != "-":
-    from oscar.tiling import parse_memory
+    from oscar.runtime.tiling import parse_memory
     kwargs["max_memory"] = parse_memory(budget)
 if tile != "-":
     kwargs["tile_size"] = int(tile)
@@ -181,7 +181,7 @@ torch.set_num_threads(1)
 from tiling import measure_peak
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from oscar.config import ModelConfig
-from oscar.tiling import stage_bytes
+from oscar.runtime.tiling import stage_bytes
 cfg = ModelConfig.from_json_file({args.config!r}); stage, t = {args.stage!r}, {size}
 if stage == "unet":
     with torch.device("meta"):

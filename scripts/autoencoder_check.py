@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from oscar.evaluation.autoencoder import evaluate_autoencoder, fit_floor
-from oscar.pretrained import load_model, resolve_model_dir
+from oscar.store.pretrained import load_model, resolve_model_dir
 from oscar.training.data import list_images
 
 TARGETS = {"mean_psnr": 30.0, "mean_margin": 1.5, "min_margin": 0.0, "max_colour": 3.0}

@@ -2,7 +2,7 @@
 
 Every scalar in ``oscar.json``, ``vae/config.json``, ``unet/config.json`` and the scheduler config
 (first element of each list) is replaced in turn by each value of HOSTILE, and the directory is
-loaded with ``oscar.pretrained.load_model``. Anything but success or a ModelError is reported,
+loaded with ``oscar.store.pretrained.load_model``. Anything but success or a ModelError is reported,
 and so is a load slower than --slow seconds. The address space is capped (--memory-gib) so that
 a config that allocates without bound fails fast instead of swapping the machine.
 
@@ -56,7 +56,7 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     from oscar.errors import ModelError
-    from oscar.pretrained import load_model
+    from oscar.store.pretrained import load_model
 
     work = Path(tempfile.mkdtemp()) / "model"
     tried, escapes, slow, refused, loaded = 0, [], [], 0, 0

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from oscar.pretrained import read_config
+from oscar.store.pretrained import read_config
 
 BASELINES = ("jpeg", "webp", "avif", "jxl")
 

@@ -1,43 +1,24 @@
-"""Shared fixtures: tiny random models built on the fly (no downloads, milliseconds each)."""
+"""Shared fixtures: tiny random models built on the fly (no downloads, milliseconds each).
+
+Helpers that tests import (images, models, paths) are in ``helpers``, not here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from oscar.codec import OscarCodec
+from helpers import CONFIGS, build_tiny_model, make_image
+from oscar.coding.codec import OscarCodec
+from oscar.coding.prior_fitting import fit_priors
 from oscar.config import ModelConfig
-from oscar.models.oscar import OscarModel
-from oscar.pretrained import save_model
-from oscar.prior_fitting import fit_priors
+from oscar.store.pretrained import save_model
 
 # Tiny models are bound by per-operation overhead, which a second OpenMP thread only adds to
 # (and multiplies when other processes compete for the cores).
 torch.set_num_threads(1)
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-
-
-def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth colour image with some texture: gradients plus noise, (H, W, 3) uint8."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    base = np.stack(
-        [128 + 100 * np.sin(xx / 17 + seed), 128 + 100 * np.cos(yy / 23), (xx + yy) % 256], axis=2
-    )
-    noise = rng.normal(0, 12, size=(height, width, 3))
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
-
-
-def build_tiny_model(seed: int = 0, config: ModelConfig | None = None) -> OscarModel:
-    config = config or ModelConfig.from_json_file(CONFIGS / "tiny.json")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return OscarModel(config)
 
 
 @pytest.fixture(scope="session")

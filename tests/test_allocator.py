@@ -1,4 +1,5 @@
-"""oscar.allocator: memory reuse on for ordinary sizes, glibc's default for very large calls."""
+"""oscar.runtime.allocator: memory reuse on for ordinary sizes, glibc's default for very large
+calls."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from oscar import allocator
+from oscar.runtime import allocator
 
 
 class FakeLibc:

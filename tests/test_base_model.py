@@ -10,16 +10,16 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from conftest import CONFIGS, make_image
-from oscar.cli import main
-from oscar.codec import OscarCodec
-from oscar.errors import ModelError
-from oscar.pretrained import BASE_MODEL_ENV, PARTS_FILE, load_model, save_model
-from tiny_sd import (
+from helpers import CONFIGS, decode_indices, make_image
+from helpers.tiny_sd import (
     save_tiny_base,
     single_thread,  # noqa: F401 (a fixture, used by pytestmark)
     tiny_sd_model,
 )
+from oscar.cli import main
+from oscar.coding.codec import OscarCodec
+from oscar.errors import ModelError
+from oscar.store.pretrained import BASE_MODEL_ENV, PARTS_FILE, load_model, save_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -53,8 +53,8 @@ def test_model_directory_references_the_base(model_dir, base_dir, lora_model):
     indices = torch.randint(0, 16, (1, 4, 4), generator=g)
     codes = torch.tensor([[150, 160, 170, 180]], dtype=torch.uint8)
     with torch.no_grad():
-        want = lora_model.decode_indices(indices, codes, 4)  # peft, unmerged
-        got = loaded.decode_indices(indices, codes, 4)
+        want = decode_indices(lora_model, indices, codes, 4)  # peft, unmerged
+        got = decode_indices(loaded, indices, codes, 4)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -221,8 +221,8 @@ def test_training_load_keeps_peft_and_saves_back(tmp_path, model_dir):
 
 def test_fresh_lora_model_saves_an_identity_lora(tmp_path, base_dir):
     """`oscar init` of a LoRA config: B = 0, so the UNet is the base until trained."""
+    from helpers.tiny_sd import tiny_sd_config
     from oscar.models.oscar import OscarModel
-    from tiny_sd import tiny_sd_config
 
     model = OscarModel(tiny_sd_config(base_dir))
     save_model(model, tmp_path / "fresh")

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_image
-from oscar.bench import BenchConfig, bench_image, parse_size, run_isolated
+from helpers import make_image
+from oscar.bench.timing import BenchConfig, bench_image, parse_size, run_isolated
 from oscar.cli import main
 from oscar.errors import ConfigError
-from oscar.stages import DECODE_STAGES, ENCODE_STAGES, STAGES, recording
+from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES, STAGES, recording
 
 
 class _Names:
@@ -86,7 +86,7 @@ def test_bench_command_writes_json(tiny_model_dir, tmp_path, capsys):
         assert result["config"]["level"] == 7 and result["config"]["width"] == 64
         _check_result(result, [1, 2])
         assert result["encode"]["total"]["gflop"] > 0 and result["decode"]["2"]["total"]["gflop"]
-    from oscar.bench_report import describe_environment
+    from oscar.bench.report import describe_environment
 
     doc["git"] = {"commit": "ab" * 20, "dirty": True, "changed": ["a", "b"], "changed_count": 2}
     assert "commit ababababab (dirty: 2 changed files)" in describe_environment(doc)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from oscar.cli import build_parser
 from oscar.cli import main as oscar_main
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image
-from oscar.codec import OscarCodec
-from oscar.entropy import FixedLengthCoder, PriorCoder
-from oscar.pretrained import load_model
-from oscar.priors import IndexPriors
+from helpers import make_image
+from oscar.coding.codec import OscarCodec
+from oscar.coding.entropy import FixedLengthCoder, PriorCoder
+from oscar.coding.priors import IndexPriors
 from oscar.rates import RateLevel
+from oscar.store.pretrained import load_model
 
 
 def _golden_case(k: int, n: int) -> tuple[IndexPriors, np.ndarray]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from oscar import bitstream
-from oscar.bitstream import Header, Limits
+from oscar.coding import bitstream
+from oscar.coding.bitstream import Header, Limits
 from oscar.errors import (
     BadMagicError,
     BitstreamError,
@@ -55,7 +55,7 @@ def test_worked_example_in_docs_matches():
     """docs/format.md shows these exact bytes: a 192x128 image at level 0, fixed-length."""
     import numpy as np
 
-    from oscar.entropy import FixedLengthCoder
+    from oscar.coding.entropy import FixedLengthCoder
     from oscar.rates import DEFAULT_LADDER
 
     payload = FixedLengthCoder().encode(np.array([17, 200, 3, 3, 91, 255]), DEFAULT_LADDER[0])

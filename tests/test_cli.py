@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CONFIGS, make_image
+from helpers import CONFIGS, make_image
 from oscar.cli import main
 
 
@@ -59,7 +59,7 @@ def test_compress_info_decompress(tiny_model_dir, tmp_path, capsys):
 
 
 def test_info_without_files_describes_the_model(tiny_model_dir, tmp_path, capsys):
-    from oscar.pretrained import load_model
+    from oscar.store.pretrained import load_model
 
     loaded = load_model(tiny_model_dir)
     m = str(tiny_model_dir)
@@ -225,7 +225,7 @@ def test_init_and_fit_priors(tmp_path, sample_dir, capsys):
     assert main(["fit-priors", str(out), str(sample_dir), "--levels", "0,7"]) == 0
     table = capsys.readouterr().out
     assert "entropy" in table and "fingerprint is now" in table
-    from oscar.pretrained import load_model
+    from oscar.store.pretrained import load_model
 
     priors = load_model(out).priors
     assert sorted(priors.tables) == [0, 7]
@@ -234,10 +234,10 @@ def test_init_and_fit_priors(tmp_path, sample_dir, capsys):
 def test_fit_priors_counts_the_indices_of_the_effort_asked_for(tmp_path, sample_dir):
     """--effort N: the tables are those of the indices an encoder of that effort writes (the
     default: the encoder's default effort); efforts 0 and 4 give different tables here."""
-    from oscar.codec import OscarCodec
-    from oscar.effort import DEFAULT_EFFORT
-    from oscar.pretrained import load_model
-    from oscar.prior_fitting import fit_priors
+    from oscar.coding.codec import OscarCodec
+    from oscar.coding.effort import DEFAULT_EFFORT
+    from oscar.coding.prior_fitting import fit_priors
+    from oscar.store.pretrained import load_model
 
     base = tmp_path / "m"
     assert main(["init", str(CONFIGS / "tiny.json"), "-o", str(base)]) == 0
@@ -321,7 +321,7 @@ def test_demo_prints_every_level(tiny_model_dir, tmp_path, capsys):
 
 
 def test_demo_with_encoder_effort(tiny_model_dir, tmp_path, capsys):
-    from oscar.codec import OscarCodec
+    from oscar.coding.codec import OscarCodec
 
     image = make_image(64, 96)
     Image.fromarray(image).save(tmp_path / "a.png")

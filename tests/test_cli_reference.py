@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from conftest import ROOT
+from helpers import ROOT
 from oscar.cli import build_parser
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import build_tiny_model, make_image
-from oscar import bitstream
-from oscar.codec import NoLevelFitsError, OscarCodec
+from helpers import build_tiny_model, make_image
+from oscar.coding import bitstream
+from oscar.coding.codec import NoLevelFitsError, OscarCodec
 from oscar.errors import BitstreamError, FingerprintMismatchError, MalformedError
-from oscar.pretrained import save_model
+from oscar.store.pretrained import save_model
 
 
 @pytest.mark.parametrize("level", range(8))
@@ -68,6 +68,18 @@ def test_record_api(tiny_codec):
     assert np.array_equal(again.indices, record.indices)
     assert np.array_equal(again.rms_codes, record.rms_codes)
     assert np.array_equal(tiny_codec.decode(again), tiny_codec.decode(record))
+
+
+def test_batch_contract(tiny_codec):
+    """compress_batch / decompress_batch: one file per image, each a file compress could have
+    written at the level, decoded as decompress does (batched maths: rounding only)."""
+    images = [make_image(40, 56, seed=6), make_image(40, 56, seed=7)]
+    files = tiny_codec.compress_batch(images, 5)
+    assert [tiny_codec.unpack(data).level for data in files] == [5, 5]
+    for data, image in zip(files, tiny_codec.decompress_batch(files), strict=True):
+        single = tiny_codec.decompress(data)
+        assert image.shape == single.shape == (40, 56, 3)
+        assert np.abs(image.astype(np.int16) - single).max() <= 1
 
 
 def test_colour_policy(tiny_codec):

@@ -20,21 +20,21 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from conftest import ROOT, make_image
-from oscar.cli import main
-from oscar.codec import OscarCodec
-from oscar.convert_official import convert_official, load_checkpoint, map_checkpoint
-from oscar.errors import ModelError
-from oscar.io import image_to_tensor, tensor_to_image
-from oscar.models.norms import dequantize_rms
-from oscar.pretrained import load_model
-from tiny_sd import (  # noqa: F401 (single_thread: a fixture)
+from helpers import ROOT, decode_indices, make_image
+from helpers.tiny_sd import (  # noqa: F401 (single_thread: a fixture)
     ADAPTERS,
     SD21,
     original_lora_lists,
     save_tiny_base,
     single_thread,
 )
+from oscar.cli import main
+from oscar.coding.codec import OscarCodec
+from oscar.errors import ModelError
+from oscar.io import image_to_tensor, tensor_to_image
+from oscar.models.norms import dequantize_rms
+from oscar.store.convert_official import convert_official, load_checkpoint, map_checkpoint
+from oscar.store.pretrained import load_model
 
 APPENDIX_A = json.loads((ROOT / "tests" / "data" / "sd21_lora_modules.json").read_text())
 # (grid factor → cfg_ss = 512 / f, K, t) per level: §2.1 and §5.
@@ -324,7 +324,7 @@ def test_converts_and_decodes_like_the_original(converted, base, ckpt):
             codes = torch.from_numpy(record.rms_codes).unsqueeze(0)
             idx = torch.from_numpy(want_indices)[None]
             want = direct_decode(ckpt, unet, vae, level, idx, codes)
-            got = codec.model.decode_indices(torch.from_numpy(record.indices)[None], codes, level)
+            got = decode_indices(codec.model, torch.from_numpy(record.indices)[None], codes, level)
         np.testing.assert_array_equal(record.indices, want_indices)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
         decoded = codec.decompress(codec.compress(image, level, coder="fixed"))

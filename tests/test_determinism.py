@@ -2,8 +2,8 @@
 
 The embedded model on the packaged sample (768 x 512, a real-size image) in fresh processes at
 1 and 2 threads (``torch.set_num_threads`` and ``OMP_NUM_THREADS``), at the default effort and
-at effort 0. The latent itself must be bit-identical too: without ``oscar.determinism`` the VAE
-encoder's 1x1 convolutions made 21 204 of the sample's 24 576 latent values differ between 1
+at effort 0. The latent itself must be bit-identical too: without ``oscar.runtime.determinism`` the
+VAE encoder's 1x1 convolutions made 21 204 of the sample's 24 576 latent values differ between 1
 and 2 threads on the development machine, which flips near-tie indices on some images and
 machines.
 """
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import pytest
 
-from oscar.effort import DEFAULT_EFFORT
-from oscar.pretrained import embedded_model_dir
+from oscar.coding.effort import DEFAULT_EFFORT
+from oscar.store.pretrained import embedded_model_dir
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (embedded_model_dir() / "oscar.json").is_file(), reason="no embedded model")
 def test_bytes_do_not_depend_on_the_thread_count():
-    from oscar.determinism import compare
+    from oscar.bench.determinism import compare
 
     report = compare([1, 2], [DEFAULT_EFFORT, 0])
     one, two = report["runs"]
@@ -33,7 +33,7 @@ def test_bytes_do_not_depend_on_the_thread_count():
 def test_thread_independent_restores_the_thread_count():
     import torch
 
-    from oscar.determinism import single_thread, thread_independent
+    from oscar.runtime.determinism import single_thread, thread_independent
 
     saved = torch.get_num_threads()
     torch.set_num_threads(2)

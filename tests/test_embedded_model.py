@@ -10,11 +10,11 @@ from PIL import Image
 from safetensors import safe_open
 
 import oscar
-from conftest import make_image
+from helpers import make_image
 from oscar.cli import main
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
 from oscar.io import load_image
-from oscar.pretrained import embedded_model_dir, read_config
+from oscar.store.pretrained import embedded_model_dir, read_config
 
 WEIGHT_BUDGET = 50 * 1024 * 1024
 

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from oscar.entropy import FixedLengthCoder, PriorCoder
+from oscar.coding.entropy import FixedLengthCoder, PriorCoder
+from oscar.coding.priors import TABLE_TOTAL, IndexPriors, quantize_frequencies
 from oscar.errors import MalformedError, ModelError
-from oscar.priors import TABLE_TOTAL, IndexPriors, quantize_frequencies
 from oscar.rates import DEFAULT_LADDER, RateLevel
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import make_image
+from helpers import make_image
 from oscar.errors import ConfigError
 from oscar.evaluation.baselines import (
     BASELINES,
@@ -110,7 +110,7 @@ def test_bd_rate_refuses_what_it_cannot_compute():
 
 
 def test_published_csv(tmp_path):
-    from conftest import ROOT
+    from helpers import ROOT
     from oscar.evaluation.plots import read_published
 
     points = read_published(ROOT / "docs" / "published" / "oscar-kodak.csv")

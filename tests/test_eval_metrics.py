@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image
-from eval_weights import write_random_weights
+from helpers import make_image
+from helpers.eval_weights import write_random_weights
 from oscar.evaluation import fid as fidlib
 from oscar.evaluation.backbones import AlexNetFeatures, VGG16Features
 from oscar.evaluation.metrics import MetricSuite, ms_ssim, ms_ssim_scales, psnr

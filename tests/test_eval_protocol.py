@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image
+from helpers import make_image
 from oscar import OscarCodec
 from oscar.cli import main
 from oscar.errors import ConfigError, ImageError

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval_weights import write_random_weights
-from oscar import bitstream
+from helpers.eval_weights import write_random_weights
 from oscar.cli import main
+from oscar.coding import bitstream
 from oscar.evaluation.baselines import get_baselines
 from oscar.evaluation.metrics import MetricSuite, psnr
 from oscar.evaluation.records import aggregate

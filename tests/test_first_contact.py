@@ -11,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import ROOT, make_image
+from helpers import ROOT, make_image
 from oscar.cli import main
 
 SRC = str(ROOT / "src")

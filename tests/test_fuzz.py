@@ -15,8 +15,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oscar.bitstream import Limits
-from oscar.codec import OscarCodec
+from oscar.coding.bitstream import Limits
+from oscar.coding.codec import OscarCodec
 from oscar.fuzz import (
     ContractViolation,
     assemble,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import make_image
+from helpers import make_image
 from oscar.cli import main
 from oscar.errors import ConfigError, ImageError, ModelError, OutputError
 from oscar.io import atomic_output, load_image
@@ -81,8 +81,8 @@ def test_allowed_16384_square_file_stops_with_one_line(
 ):
     """A valid 16384 x 16384 file, allowed by a raised --max-pixels, under a budget it cannot
     fit: one line naming the size and --max-memory, before anything is allocated for it."""
-    from oscar.bitstream import Limits
-    from oscar.codec import OscarCodec
+    from oscar.coding.bitstream import Limits
+    from oscar.coding.codec import OscarCodec
     from oscar.fuzz.expensive import expensive_file
 
     codec = OscarCodec(tiny_codec.loaded, limits=Limits(max_pixels=16384**2))
@@ -120,7 +120,7 @@ def model_copy(tiny_model_dir, tmp_path) -> Path:
     ],
 )
 def test_huge_model_metadata_is_refused_without_reading_it(model_copy, name):
-    from oscar.pretrained import load_model
+    from oscar.store.pretrained import load_model
 
     path = model_copy / name
     if not path.exists():
@@ -134,7 +134,7 @@ def test_huge_model_metadata_is_refused_without_reading_it(model_copy, name):
 
 
 def test_model_metadata_that_is_a_fifo_does_not_hang(model_copy):
-    from oscar.pretrained import load_model
+    from oscar.store.pretrained import load_model
 
     path = model_copy / "oscar.json"
     path.unlink()
@@ -144,7 +144,7 @@ def test_model_metadata_that_is_a_fifo_does_not_hang(model_copy):
 
 
 def test_huge_safetensors_header_is_refused(tmp_path):
-    from oscar.diffusers_io import read_safetensors
+    from oscar.store.diffusers_io import read_safetensors
 
     path = tmp_path / "w.safetensors"
     path.write_bytes((64 * 2**20).to_bytes(8, "little") + b"{" + b" " * 100)

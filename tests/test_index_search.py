@@ -1,5 +1,6 @@
-"""Encoder effort (oscar.index_search): better indices, same decoder, never worse than nearest
-(by the search's measure: the error of the coarse latent that the hyper-synthesis rebuilds)."""
+"""Encoder effort (oscar.coding.index_search): better indices, same decoder, never worse than
+nearest (by the search's measure: the error of the coarse latent that the hyper-synthesis
+rebuilds)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image
-from oscar import index_search
+from helpers import make_image
 from oscar.cli import main
-from oscar.codec import OscarCodec
-from oscar.effort import DEFAULT_EFFORT, check_effort
+from oscar.coding import index_search
+from oscar.coding.codec import OscarCodec
+from oscar.coding.effort import DEFAULT_EFFORT, check_effort
+from oscar.coding.index_search import IndexSearch, search_indices
 from oscar.errors import ConfigError
-from oscar.index_search import IndexSearch, search_indices
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,8 @@ def nearest_codec(tiny_model_dir) -> OscarCodec:
 
 
 def _latent(codec, image):
-    y, codes = codec.encode_latent(codec.prepare_image(image))
-    return y, torch.from_numpy(np.asarray(codes, np.uint8))[None]
+    y, codes = codec.encode_latents([codec.prepare_image(image)])
+    return y, torch.from_numpy(np.asarray(codes, np.uint8))
 
 
 def _coarse_error(codec, level, indices, y, rms) -> float:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers.models.upsampling import Upsample2D
 
-from conftest import build_tiny_model, make_image
-from oscar.codec import OscarCodec
+from helpers import build_tiny_model, make_image
+from oscar.coding.codec import OscarCodec
 from oscar.models.inference import (
     InplaceSiLU,
     SubpixelUpsample2D,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import make_image
+from helpers import make_image
 from oscar.errors import ImageError
 from oscar.io import _open_limited, load_image
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image
+from helpers import make_image
 from oscar.errors import ImageError, OutputExistsError
 from oscar.io import atomic_output, crop, load_image, pad, save_image, to_rgb, write_bytes_atomic
 

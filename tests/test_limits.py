@@ -12,13 +12,13 @@ import tracemalloc
 import pytest
 import torch
 
-import oscar.codec
-from conftest import make_image
-from oscar import bitstream
-from oscar.bitstream import Limits
+import oscar.coding.codec
+from helpers import make_image
 from oscar.cli import main
-from oscar.codec import OscarCodec
-from oscar.entropy import PriorCoder
+from oscar.coding import bitstream
+from oscar.coding.bitstream import Limits
+from oscar.coding.codec import OscarCodec
+from oscar.coding.entropy import PriorCoder
 from oscar.errors import ChecksumError, LimitExceededError, MalformedError
 from oscar.fuzz import assemble, with_crc
 from oscar.limits import DEFAULT_MAX_PIXELS
@@ -45,8 +45,8 @@ def no_tensors(monkeypatch):
         raise AssertionError("a tensor was made for a file that should have been refused")
 
     def arm() -> None:
-        monkeypatch.setattr(oscar.codec.OscarCodec, "decode", refuse)
-        monkeypatch.setattr(oscar.codec.torch, "from_numpy", refuse)
+        monkeypatch.setattr(oscar.coding.codec.OscarCodec, "decode", refuse)
+        monkeypatch.setattr(oscar.coding.codec.torch, "from_numpy", refuse)
 
     return arm
 
@@ -152,7 +152,7 @@ def test_entropy_file_at_a_level_without_a_prior_is_a_bitstream_error(tiny_codec
     missing table is the file's fault, not a ModelError from the prior lookup."""
     from dataclasses import replace
 
-    from oscar.priors import IndexPriors
+    from oscar.coding.priors import IndexPriors
 
     tables = dict(tiny_codec.loaded.priors.tables)
     del tables[2]

@@ -9,7 +9,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from conftest import CONFIGS, ROOT
+from helpers import CONFIGS, ROOT
+from helpers.tiny_sd import ADAPTERS, original_lora_lists, single_thread  # noqa: F401 (fixture)
 from oscar.config import LoraSettings, ModelConfig
 from oscar.errors import ModelError
 from oscar.models.lora import (
@@ -26,7 +27,6 @@ from oscar.models.lora import (
     merge_adapter,
     merge_lora,
 )
-from tiny_sd import ADAPTERS, original_lora_lists, single_thread  # noqa: F401 (fixture)
 
 APPENDIX_A = json.loads((ROOT / "tests" / "data" / "sd21_lora_modules.json").read_text())
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, make_image
-from oscar.codec import OscarCodec
+from helpers import ROOT, make_image
+from oscar.coding.codec import OscarCodec
 from oscar.errors import FingerprintMismatchError, ModelError
-from oscar.pretrained import load_model
+from oscar.store.pretrained import load_model
 
 VAE_WEIGHTS = "vae/diffusion_pytorch_model.safetensors"
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"

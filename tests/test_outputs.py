@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import oscar.io
-from conftest import make_image
+from helpers import make_image
 from oscar.cli import main
 from oscar.errors import OutputError, OutputExistsError
 from oscar.io import atomic_output, save_image, write_bytes_atomic
@@ -166,7 +166,7 @@ def test_cli_disk_full_in_a_batch(tiny_model_dir, three_files, tmp_path, monkeyp
 
 def test_cli_internal_error_in_a_batch(tiny_model_dir, three_files, tmp_path, monkeypatch, capsys):
     """A torch allocation failure on one file is one line and keeps the others."""
-    from oscar.codec import OscarCodec
+    from oscar.coding.codec import OscarCodec
 
     real = OscarCodec.decompress
 
@@ -204,10 +204,10 @@ def test_cli_os_errors_elsewhere_are_one_line(tmp_path, monkeypatch, capsys):
     """`oscar init` writes a directory of files: a full disk there is one line too."""
     import safetensors.torch
 
-    from conftest import CONFIGS
+    from helpers import CONFIGS
 
     monkeypatch.setattr(safetensors.torch, "save_file", _disk_full)
-    monkeypatch.setattr("oscar.pretrained.save_file", _disk_full)
+    monkeypatch.setattr("oscar.store.pretrained.save_file", _disk_full)
     code = main(["init", str(CONFIGS / "tiny.json"), "-o", str(tmp_path / "m")])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import CONFIGS, build_tiny_model, make_image
-from eval_weights import write_random_weights
+from helpers import CONFIGS, build_tiny_model, make_image
+from helpers.eval_weights import write_random_weights
 from oscar.errors import ConfigError
 from oscar.models.quantizer import CosineVectorQuantizer
 from oscar.training.config import LOSS_PRESETS, LossConfig, TrainConfig
@@ -27,8 +27,8 @@ from oscar.training.losses import (
     position_cosine,
     softplus_g_loss,
 )
-from oscar.training.stage1 import HyperStage
-from oscar.training.stage2 import JointStage
+from oscar.training.stages.hyper import HyperStage
+from oscar.training.stages.joint import JointStage
 
 
 def _images(seed: int, shape=(2, 3, 20, 24)) -> torch.Tensor:

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFIGS, make_image
-from oscar.codec import OscarCodec
+from helpers import CONFIGS, make_image
+from oscar.coding.codec import OscarCodec
 from oscar.config import ModelConfig
 from oscar.errors import MalformedError
 from oscar.evaluation.metrics import psnr
 from oscar.io import image_to_tensor, tensor_to_image
 from oscar.models.oscar import OscarModel
 from oscar.models.patch_autoencoder import PatchAutoencoder, fit_block_pca
-from oscar.pretrained import LoadedModel, load_model, save_model
+from oscar.store.pretrained import LoadedModel, load_model, save_model
 
 TINY_PATCH_VAE = {
     "_class_name": "PatchAutoencoder",
@@ -89,7 +89,7 @@ def test_model_with_a_wide_latent_codes_version_2_files(tmp_path):
 def test_vae_stage_starts_at_the_pca_floor_and_improves_on_it(tmp_path):
     from oscar.training.config import TrainConfig
     from oscar.training.loop import LoopContext, make_accelerator
-    from oscar.training.stage0 import VAEStage
+    from oscar.training.stages.vae import VAEStage
 
     train = tmp_path / "train"
     train.mkdir()

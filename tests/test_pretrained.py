@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import build_tiny_model, make_image
-from oscar.codec import OscarCodec
+from helpers import build_tiny_model, make_image
+from oscar.coding.codec import OscarCodec
 from oscar.errors import ModelError
-from oscar.pretrained import PARTS_FILE, load_model, save_model
+from oscar.store.pretrained import PARTS_FILE, load_model, save_model
 
 
 def test_save_load_same_output(tmp_path):

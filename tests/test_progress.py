@@ -1,4 +1,4 @@
-"""The per-file progress bar of ``oscar compress`` / ``decompress`` (``oscar.progress``)."""
+"""The per-file progress bar of ``oscar compress`` / ``decompress`` (``oscar.runtime.progress``)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 import numpy as np
 from PIL import Image
 
-import oscar.progress
-from conftest import make_image
+import oscar.runtime.progress
+from helpers import make_image
 from oscar.cli import main
-from oscar.codec import OscarCodec
-from oscar.progress import StageProgress
-from oscar.stages import DECODE_STAGES, ENCODE_STAGES, progress, recording, stage
+from oscar.coding.codec import OscarCodec
+from oscar.runtime.progress import StageProgress
+from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES, progress, recording, stage
 
 
 def drawn(out: io.StringIO) -> list[str]:
@@ -108,7 +108,7 @@ def test_cli_draws_a_bar_per_file_on_a_terminal(tiny_model_dir, tmp_path, capsys
             kwargs.update(file=sys.stderr, disable=False, delay=0, interval=0)
             super().__init__(stages, label, **kwargs)
 
-    monkeypatch.setattr(oscar.progress, "StageProgress", OnTerminal)
+    monkeypatch.setattr(oscar.runtime.progress, "StageProgress", OnTerminal)
     args = ["decompress", str(tmp_path / "a.oscar"), "-o", str(tmp_path / "b.png"), "--model", m]
     assert main([*args, "--steps", "2"]) == 0
     captured = capsys.readouterr()

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from oscar.provenance import cpu_model, environment, git_state
+from oscar.runtime.provenance import cpu_model, environment, git_state
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 

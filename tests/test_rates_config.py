@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import CONFIGS, build_tiny_model
+from helpers import CONFIGS, build_tiny_model
 from oscar.config import ModelConfig
 from oscar.errors import ConfigError
 from oscar.rates import DEFAULT_LADDER, RateLevel, nearest_level_by_bpp

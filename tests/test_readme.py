@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _block_after(marker: str) -> str:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model, make_image
+from helpers import build_tiny_model, make_image
 from oscar.cli import main
-from oscar.codec import OscarCodec
+from oscar.coding.codec import OscarCodec
 from oscar.errors import ConfigError
 from oscar.models.schedule import x0_estimate
 

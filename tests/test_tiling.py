@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_image
-from oscar.codec import OscarCodec
+from helpers import make_image
+from helpers.tiny_sd import single_thread  # noqa: F401 (a fixture, used by pytestmark)
+from oscar.coding.codec import OscarCodec
 from oscar.errors import ConfigError
-from oscar.tiling import (
+from oscar.runtime.tiling import (
     StageTiles,
     Tiling,
     axis_weights,
@@ -26,7 +27,6 @@ from oscar.tiling import (
     tile_starts,
     tiled_map,
 )
-from tiny_sd import single_thread  # noqa: F401 (a fixture, used by pytestmark)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -121,9 +121,9 @@ import gc, json, re, sys
 import numpy as np, torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[3])
-from conftest import make_image
-from oscar.codec import OscarCodec
-from oscar.tiling import estimated_peak
+from helpers import make_image
+from oscar.coding.codec import OscarCodec
+from oscar.runtime.tiling import estimated_peak
 
 def status(key):
     text = open("/proc/self/status").read()

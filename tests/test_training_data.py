@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image
+from helpers import make_image
 from oscar.training.data import CropDataset, recolour
 
 

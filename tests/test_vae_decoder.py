@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, build_tiny_model, make_image
-from oscar.codec import OscarCodec
+from helpers import CONFIGS, build_tiny_model, make_image
+from oscar.coding.codec import OscarCodec
 from oscar.config import ModelConfig, VaeDecoderConfig
 from oscar.errors import ConfigError, ModelError
 from oscar.models.inference import InplaceSiLU, SubpixelUpsample2D
 from oscar.models.vae_decoder import PixelShuffleDecoder
-from oscar.pretrained import load_model, save_model
+from oscar.store.pretrained import load_model, save_model
 
 LIGHTER = {"block_out_channels": [8, 8], "layers_per_block": 0, "pixel_shuffle": 4}
 

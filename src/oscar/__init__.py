@@ -18,6 +18,7 @@ __all__ = ["EncodedImage", "OscarCodec", "__version__", "sample_image_path"]
 def sample_image_path():
     """Path of the sample image shipped in the package (768 × 512 PNG), for examples and
     ``oscar demo``; works from an installed package as from a checkout."""
+    # lazy: importlib.resources costs ~15 ms that every `oscar` start-up would pay
     from importlib.resources import files
     from pathlib import Path
 
@@ -26,7 +27,7 @@ def sample_image_path():
 
 def __getattr__(name: str):
     if name in ("OscarCodec", "EncodedImage"):
-        from oscar import codec
+        from oscar.coding import codec  # lazy: torch and diffusers, only when asked for
 
         return getattr(codec, name)
     raise AttributeError(f"module 'oscar' has no attribute {name!r}")

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from oscar.errors import ConfigError
-from oscar.rates import DEFAULT_LADDER, VAE_FACTOR, RateLevel, validate_ladder
+from oscar.filetypes import open_regular_file
+from oscar.limits import MAX_METADATA_BYTES
+from oscar.rates import DEFAULT_LADDER, VAE_FACTOR, RateLevel, padded_size, validate_ladder
 
 
 def _check_keys(kind: str, data: dict[str, Any], allowed: set[str], required: set[str]) -> None:
@@ -258,8 +260,7 @@ class ModelConfig:
 
     def token_grid(self, height: int, width: int, level: int) -> tuple[int, int]:
         """Token grid (h, w) of ``level`` for an original image size."""
-        m = self.pad_multiple
-        return self.level(level).token_grid(-(-height // m) * m, -(-width // m) * m)
+        return self.level(level).token_grid(*padded_size(height, width, self.pad_multiple))
 
     # ----------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
@@ -313,9 +314,6 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> ModelConfig:
-        from oscar.filetypes import open_regular_file
-        from oscar.limits import MAX_METADATA_BYTES
-
         path = Path(path)
         try:
             with open_regular_file(path, ConfigError) as f:
@@ -334,6 +332,4 @@ class ModelConfig:
             raise ConfigError(f"{path}: {exc}") from exc
 
     def replace_levels(self, levels: tuple[RateLevel, ...]) -> ModelConfig:
-        from dataclasses import replace
-
         return replace(self, levels=tuple(sorted(levels, key=lambda lv: lv.level)))

@@ -1,4 +1,5 @@
-"""File-name suffixes and file discovery shared by the CLI and dataset code (no heavy imports)."""
+"""File-name suffixes, file discovery and bounded reads, shared by the CLI, model folders and
+dataset code (no heavy imports)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from oscar.errors import ImageError, OscarError
+from oscar.errors import ImageError, ModelError, OscarError
+from oscar.limits import MAX_METADATA_BYTES
 
 IMAGE_SUFFIXES = (
     ".png",
@@ -89,3 +91,25 @@ def _file_kind(mode: int) -> str:
     kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"))
     kinds += ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
     return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def read_bounded(path: Path, what: str, limit: int = MAX_METADATA_BYTES) -> bytes:
+    """A model folder's file, whole, if it is a regular file of at most ``limit`` bytes; else
+    one ModelError naming it. The size is checked on the open descriptor before reading, and
+    at most ``limit + 1`` bytes are read (should the file grow meanwhile)."""
+    if not path.exists():
+        raise ModelError(f"{what} is missing: {path}")
+    try:
+        with open_regular_file(path, ModelError) as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, limit) + 1)
+    except OSError as exc:
+        raise ModelError(f"{what} at {path} is not readable: {exc.strerror or exc}") from None
+    except ModelError as exc:
+        raise ModelError(f"{what}: {exc}") from None
+    if len(data) > limit:
+        raise ModelError(
+            f"{what} at {path} is larger than {limit} bytes ({max(size, len(data))}): "
+            "refused without reading it"
+        )
+    return data

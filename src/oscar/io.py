@@ -53,8 +53,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from oscar.errors import ImageError, OscarError, OutputError, OutputExistsError
-from oscar.filetypes import open_regular_file
+from oscar.filetypes import OUTPUT_FORMATS, open_regular_file
 from oscar.limits import DEFAULT_MAX_PIXELS
+from oscar.rates import padded_size
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _exact_16bit_rgb(image: Image.Image, file: BinaryIO) -> np.ndarray | None:
     if image.format != "PNG" or image.mode not in ("RGB", "RGBA") or _png_bit_depth(file) != 16:
         return None
     try:
-        import imagecodecs
+        import imagecodecs  # lazy: the eval extra, optional here (Pillow reads otherwise)
 
         file.seek(0)
         array = imagecodecs.png_decode(file.read())
@@ -282,10 +283,6 @@ def tensor_to_image(x: torch.Tensor, *, truncate: bool = False) -> np.ndarray:
     x = (x[0].detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5
     x = x.floor() if truncate else x.round()
     return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-
-
-def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
-    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
 def pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -460,7 +457,6 @@ def write_bytes_atomic(path: str | Path, data: bytes, force: bool = False) -> No
 def save_image(image: np.ndarray, path: str | Path, force: bool = False) -> None:
     """Write (H, W, 3) or (H, W) uint8 atomically in the format its suffix names."""
     path = Path(path)
-    from oscar.filetypes import OUTPUT_FORMATS
 
     fmt = OUTPUT_FORMATS.get(path.suffix.lower())
     if fmt is None:

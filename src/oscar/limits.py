@@ -7,7 +7,8 @@
 - Memory: :func:`default_max_memory` is the working-memory budget per image when
   ``--max-memory`` is not given: half of the memory this process may use (the machine's RAM, or
   a lower cgroup or address-space limit), rounded down to a power of two so that machines of
-  similar size pick the same tiles (``oscar.tiling``; tiles change the bytes an encoder writes).
+  similar size pick the same tiles (``oscar.runtime.tiling``; tiles change the bytes an encoder
+  writes).
 - Model folders: every metadata file is read with a bound (``MAX_METADATA_BYTES``).
 """
 
@@ -52,7 +53,7 @@ def _cgroup_limit() -> int | None:
 
 def _address_space_limit() -> int | None:
     try:
-        import resource
+        import resource  # lazy: Unix only, and only this check needs it
 
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     except (ImportError, OSError, ValueError):

@@ -84,6 +84,10 @@ class RateLevel:
         """Nominal rate log2(K) / f² in bits per pixel (payload only, no header)."""
         return math.log2(self.codebook_size) / self.grid_factor**2
 
+    def fixed_payload_bytes(self, tokens: int) -> int:
+        """Bytes of a fixed-length payload of ``tokens`` indices (the last byte zero-padded)."""
+        return math.ceil(tokens * self.bits_per_index / 8)
+
     def token_grid(self, padded_height: int, padded_width: int) -> tuple[int, int]:
         """Token grid (h, w) for a padded image size; both sides must divide by ``grid_factor``."""
         if padded_height % self.grid_factor or padded_width % self.grid_factor:
@@ -95,6 +99,12 @@ class RateLevel:
 
     def with_calibration(self, cosine: float, timestep: int) -> RateLevel:
         return replace(self, cosine=float(cosine), timestep=int(timestep))
+
+
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """An image size rounded up to a multiple of ``multiple`` (images are padded bottom and right
+    to the model's ``pad_multiple`` before encoding)."""
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
 # The eight levels of docs/method.md §2, with the original release's hand-set timesteps as the

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from oscar.coding.effort import DEFAULT_EFFORT, check_effort
 from oscar.commands.common import positive_int
-from oscar.effort import DEFAULT_EFFORT
 from oscar.errors import ConfigError
 
 DEFAULT_SIZES = "768x512"
@@ -47,6 +47,7 @@ def default_level(config, steps: int) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -111,11 +112,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from oscar.bench import BenchConfig, parse_size, run_benchmark
-    from oscar.bench_report import text_report
-    from oscar.device import resolve_device, resolve_dtype
-    from oscar.effort import check_effort
-    from oscar.pretrained import read_config, resolve_model_dir
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
+    from oscar.bench.report import text_report
+    from oscar.bench.timing import BenchConfig, parse_size, run_benchmark
+    from oscar.runtime.device import resolve_device, resolve_dtype
+    from oscar.store.pretrained import read_config, resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
     config = read_config(model_dir)  # clear errors before any work

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+from oscar.coding.effort import check_effort
 from oscar.commands.common import (
     Job,
     add_effort_option,
@@ -21,10 +23,11 @@ from oscar.commands.common import (
 from oscar.errors import ConfigError
 from oscar.filetypes import IMAGE_SUFFIXES, OUTPUT_FORMATS
 from oscar.filetypes import OSCAR_SUFFIX as FILE_SUFFIX
-from oscar.stages import DECODE_STAGES, ENCODE_STAGES
+from oscar.runtime.stages import DECODE_STAGES, ENCODE_STAGES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -94,9 +97,9 @@ def check_compress_args(args: argparse.Namespace) -> tuple[list[Job], int | None
     exist, outputs that are not named as images, the encoder effort, and the level (or the
     level --bpp picks) against the model's rate table. Returns the jobs and the level (None
     with --max-bytes, which picks one per image)."""
-    from oscar.effort import check_effort
-    from oscar.model_files import read_config, resolve_model_dir
+    # lazy: light (no torch), but --help does not need it
     from oscar.rates import nearest_level_by_bpp
+    from oscar.store.model_files import read_config, resolve_model_dir
 
     jobs = plan_outputs(args.inputs, args.output, IMAGE_SUFFIXES, FILE_SUFFIX)
     _check_sources(jobs)
@@ -120,19 +123,26 @@ def check_compress_args(args: argparse.Namespace) -> tuple[list[Job], int | None
 
 def run_compress(args: argparse.Namespace) -> int:
     jobs, level = check_compress_args(args)  # before any heavy import
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.io import write_bytes_atomic
 
     codec = load_codec(args)
 
     def work(job: Job) -> str:
-        source = codec.prepare_image(job.source)
+        # The codec reads and prepares the image once; the size comes back with the result.
         if args.max_bytes is not None:
-            result = codec.compress_to_budget(source, args.max_bytes, args.coder)
-            data, chosen = result.data, result.level
+            result = codec.compress_to_budget(job.source, args.max_bytes, args.coder)
+            data, chosen, height, width = result.data, result.level, result.height, result.width
         else:
-            data, chosen = codec.compress(source, level, args.coder), level
+            encoded = codec.encode(job.source, level)  # what compress does, keeping the record
+            data, chosen, height, width = (
+                codec.pack(encoded, args.coder),
+                level,
+                encoded.height,
+                encoded.width,
+            )
         write_bytes_atomic(job.target, data, force=args.force)
-        bpp = len(data) * 8 / (source.height * source.width)
+        bpp = len(data) * 8 / (height * width)
         return f"{job.source} -> {job.target}: level {chosen}, {len(data)} bytes, {bpp:.4f} bpp"
 
     return run_batch(jobs, work, "compressing", ENCODE_STAGES)
@@ -141,7 +151,8 @@ def run_compress(args: argparse.Namespace) -> int:
 def check_decompress_args(args: argparse.Namespace) -> list[Job]:
     """What decompress can check before the model loads: inputs that exist, outputs in an image
     format (by suffix), existing outputs, and a model directory that reads."""
-    from oscar.model_files import read_config, resolve_model_dir
+    # lazy: light (no torch), but --help does not need it
+    from oscar.store.model_files import read_config, resolve_model_dir
 
     jobs = plan_outputs(args.inputs, args.output, (FILE_SUFFIX,), ".png")
     _check_sources(jobs)
@@ -168,6 +179,7 @@ def _check_sources(jobs: list[Job]) -> None:
 
 def run_decompress(args: argparse.Namespace) -> int:
     jobs = check_decompress_args(args)  # before any heavy import
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.io import save_image
 
     codec = load_codec(args)
@@ -184,7 +196,6 @@ def run_decompress(args: argparse.Namespace) -> int:
 def _refuse_existing(jobs: list[Job], force: bool) -> None:
     """Fail before any work when an output is one of the inputs (the same file by any name,
     even with --force), or when an output exists, unless --force."""
-    import os
 
     sources = {}
     for job in jobs:

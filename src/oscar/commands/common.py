@@ -11,9 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from oscar.effort import DEFAULT_EFFORT
-from oscar.errors import ConfigError, OscarError
-from oscar.filetypes import find_files
+from oscar.coding.effort import DEFAULT_EFFORT
+from oscar.errors import ConfigError, LimitExceededError, OscarError
+from oscar.filetypes import find_files, open_regular_file
+from oscar.limits import DEFAULT_MAX_PIXELS, default_max_memory, parse_memory
+from oscar.runtime.stages import recording
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +94,6 @@ def add_steps_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_limit_options(parser: argparse.ArgumentParser) -> None:
-    from oscar.limits import DEFAULT_MAX_PIXELS
-
     parser.add_argument(
         "--max-pixels",
         type=positive_int,
@@ -110,7 +110,6 @@ def add_force_option(parser: argparse.ArgumentParser) -> None:
 
 def memory_size(text: str) -> int:
     """--max-memory: a size in bytes, checked while the arguments are parsed (before torch)."""
-    from oscar.limits import parse_memory
 
     try:
         return parse_memory(text)
@@ -132,12 +131,12 @@ def load_codec(args: argparse.Namespace):
     """An OscarCodec from the common model options (imports torch lazily), with a status line
     on a terminal while torch, diffusers and the weights load."""
     with loading_status(args.model):
-        from oscar.allocator import tune_cpu_allocator
-        from oscar.bitstream import Limits
-        from oscar.codec import OscarCodec
-        from oscar.limits import default_max_memory
+        # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
+        from oscar.coding.bitstream import Limits
+        from oscar.coding.codec import OscarCodec
+        from oscar.runtime.allocator import tune_cpu_allocator
 
-        tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.allocator)
+        tune_cpu_allocator()  # reuse freed memory: fewer page faults (oscar.runtime.allocator)
         limits = Limits(max_pixels=getattr(args, "max_pixels", Limits.max_pixels))
         max_memory = getattr(args, "max_memory", None)
         # No --max-memory: a budget derived from the machine (oscar.limits), so that a large
@@ -172,8 +171,6 @@ def loading_status(model: str | None) -> Iterator[None]:
 def read_input_file(path: Path, max_bytes: int) -> bytes:
     """Read a file whole, refusing one larger than ``max_bytes`` before reading it (and reading
     at most ``max_bytes + 1`` bytes, should it grow meanwhile)."""
-    from oscar.errors import LimitExceededError
-    from oscar.filetypes import open_regular_file
 
     try:
         # A folder, a FIFO, a device: refused on the descriptor, before reading (no hang).
@@ -230,8 +227,8 @@ def _stage_bar(stages: Sequence[str], job: Job, stacked: bool) -> Iterator[None]
     if not stages:
         yield
         return
-    from oscar.progress import StageProgress
-    from oscar.stages import recording
+    # lazy: tqdm costs ~40 ms that --help and usage errors do not need
+    from oscar.runtime.progress import StageProgress
 
     position = 1 if stacked else 0
     with StageProgress(stages, job.source.name, position=position) as bar, recording(bar):
@@ -244,9 +241,10 @@ def run_batch(
     """Run ``work`` on every job; a failure is reported with its file and the rest go on.
 
     With ``stages`` (the codec stages ``work`` runs, in order), each file also gets a progress
-    bar of its stages (``oscar.progress``; on a terminal, for calls longer than a second).
+    bar of its stages (``oscar.runtime.progress``; on a terminal, for calls longer than a second).
     Returns the exit code: 0 when all succeeded, 1 when any failed.
     """
+    # lazy: tqdm costs ~40 ms that --help and usage errors do not need
     from tqdm.auto import tqdm
 
     failed = 0

@@ -6,6 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -32,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from oscar.convert_official import convert_official
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
+    from oscar.store.convert_official import convert_official
 
     report = convert_official(args.checkpoint, args.base_model, args.output, force=args.force)
     lora = ", ".join(f"{name} {count}" for name, count in report.lora_modules.items())

@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from oscar import sample_image_path
-from oscar.commands.common import add_effort_option, add_model_options, positive_int
+from oscar.commands.common import add_effort_option, add_model_options, load_codec, positive_int
 from oscar.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -82,7 +83,7 @@ def _row_status(text: str) -> Iterator[None]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from oscar.commands.common import load_codec
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.evaluation.metrics import ms_ssim, psnr
     from oscar.io import load_image, save_image, write_bytes_atomic
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -11,14 +12,19 @@ from oscar.commands.common import (
     add_limit_options,
     add_model_options,
     add_steps_option,
+    load_codec,
     positive_int,
 )
+from oscar.commands.models import parse_levels
 from oscar.errors import ConfigError
+from oscar.extras import require_extra
+from oscar.filetypes import find_files
 
 DEFAULT_BASELINES = "jpeg,webp,avif,jxl,jpeg2000"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -105,59 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_eval)
 
 
-def _shard(device: str):
-    """(index, count, device, state) under ``accelerate launch`` / ``torchrun``; (0, 1, None,
-    None) for a single process. Without CUDA (or with ``--device cpu``) processes share the CPU."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, None, None
-    try:
-        from accelerate import PartialState
-    except ImportError:
-        raise ConfigError("several processes need `accelerate` (pip install accelerate)") from None
-    import torch
-
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-    if state.num_processes <= 1:
-        return 0, 1, None, None
-    return state.process_index, state.num_processes, state.device, state
-
-
-def _environment(device) -> dict[str, str]:
-    import os
-    import platform
-
-    import torch
-
-    from oscar import __version__
-    from oscar.device import device_name
-
-    info = {
-        "oscar": __version__,
-        "torch": torch.__version__,
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPU threads",
-        "device": str(device),
-    }
-    gpu = device_name(device)
-    if gpu is not None:
-        info["device"] += f" ({gpu})"
-    try:
-        import imagecodecs
-
-        parts = [part.split("-", 1) for part in imagecodecs.version().split(", ") if "-" in part]
-        libs = dict(parts)
-        keep = ("libjpeg_turbo", "libwebp", "libavif", "libjxl", "openjpeg")
-        info["baseline libraries"] = ", ".join(f"{k} {libs[k]}" for k in keep if k in libs)
-    except ImportError:
-        pass
-    return info
-
-
 def check_eval_extras(args: argparse.Namespace) -> None:
     """Before any work: the [eval] extras this run needs (the baselines need imagecodecs; the
     plots matplotlib; the BD-rates bjontegaard)."""
-    from oscar.extras import require_extra
 
     modules = ["matplotlib", "bjontegaard"]
     if args.baselines.strip().lower() != "none":
@@ -165,13 +121,12 @@ def check_eval_extras(args: argparse.Namespace) -> None:
     require_extra("eval", "oscar eval", modules)
 
 
-def check_eval_args(args: argparse.Namespace) -> None:
+def check_eval_args(args: argparse.Namespace) -> list[int] | None:
     """Before torch or the model load: OUT, the data paths, the baseline names and the levels
-    against the model's rate table."""
-    from oscar.commands.models import parse_levels
+    against the model's rate table. Returns the levels asked for (None: all)."""
+    # lazy: numpy and Pillow (the baselines) and the model files, which --help does not need
     from oscar.evaluation.baselines import get_baselines
-    from oscar.filetypes import find_files
-    from oscar.model_files import read_config, resolve_model_dir
+    from oscar.store.model_files import read_config, resolve_model_dir
 
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
@@ -183,111 +138,55 @@ def check_eval_args(args: argparse.Namespace) -> None:
         raise ConfigError("no images found in " + ", ".join(args.data))
     get_baselines(args.baselines)
     config = read_config(resolve_model_dir(args.model), args.base_model)
-    parse_levels(args.levels, config.level_numbers)
+    levels = parse_levels(args.levels, config.level_numbers)
+    return None if args.levels == "all" else levels
 
 
 def run_eval(args: argparse.Namespace) -> int:
     check_eval_extras(args)
-    check_eval_args(args)
-    import datetime
+    levels = check_eval_args(args)
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
+    from oscar.evaluation.session import EvalRequest, run_evaluation
 
-    from oscar.commands.common import load_codec
-    from oscar.commands.models import parse_levels
-    from oscar.device import is_accelerator
-    from oscar.evaluation.baselines import get_baselines
-    from oscar.evaluation.bdrate import bd_rates
-    from oscar.evaluation.metrics import MetricSuite
-    from oscar.evaluation.plots import read_published
-    from oscar.evaluation.report import write_outputs
-    from oscar.evaluation.runner import (
-        EvalOptions,
-        Shard,
-        evaluate_images,
-        finalize,
-        list_images,
-    )
-    from oscar.evaluation.shards import load_partial, save_partial
-
-    out = Path(args.output)
-    index, count, shard_device, state = _shard(args.device)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise ConfigError(f"{out} exists and is not empty; pass --force to write into it")
-    if state is not None:  # every process has checked OUT before any of them writes to it
-        state.wait_for_everyone()
-    baselines = get_baselines(args.baselines)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.fid_whole and "fid_whole" not in metrics:
         metrics.append("fid_whole")
-    published = read_published(args.published) if args.published else []
-    images = list_images(args.data, args.max_images)
-    if not images:
-        raise ConfigError("no images found in " + ", ".join(args.data))
-    if shard_device is not None and is_accelerator(shard_device) and args.device == "auto":
-        args.device = str(shard_device)
-    codec = load_codec(args)
-    levels = tuple(parse_levels(args.levels, codec.model.config.level_numbers))
-    for level in levels:  # before any work: a level whose timestep cannot hold --steps
-        codec.check_steps(args.steps, level)
-    anchor = args.anchor or (baselines[0].name if baselines else "oscar")
-    suite = MetricSuite(
-        metrics,
-        args.weights_dir,
-        codec.device,
+    request = EvalRequest(
+        data=args.data,
+        output=Path(args.output),
+        levels=levels,
+        baselines=args.baselines,
+        metrics=metrics,
+        anchor=args.anchor,
+        weights_dir=args.weights_dir,
         fid_patch=args.fid_patch,
         fid_shifted=not args.fid_no_shift,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
-    )
-    if index == 0:
-        for line in suite.skip_lines():
-            print(f"oscar: {line}", file=sys.stderr)
-    options = EvalOptions(
-        levels=levels,
         sweep=not args.no_sweep,
         downscaled=args.downscaled,
         crops=args.crops,
         crop_size=args.crop_size,
-        steps=args.steps,
+        max_images=args.max_images,
+        published=args.published,
         protocol=args.protocol,
+        steps=args.steps,
+        force=args.force,
     )
-    part = evaluate_images(codec, images, baselines, suite, options, Shard(index, count))
-    if count > 1:
-        save_partial(part, out / "shards" / f"part-{index:03d}")
-        state.wait_for_everyone()
-        if index != 0:
-            return 0
-        parts = [load_partial(out / "shards" / f"part-{i:03d}") for i in range(count)]
-    else:
-        parts = [part]
-    result = finalize(parts, suite)
-    shown = [m for m in metrics if m not in suite.skipped]
-    bd = bd_rates(result.aggregates, anchor, shown)
-    info = {
-        "data": ", ".join(args.data),
-        "images": len(images),
-        "model": str(codec.loaded.directory),
-        "model fingerprint": codec.fingerprint.hex(),
-        "levels": ", ".join(map(str, levels)),
-        "protocol": args.protocol,
-        "encoder effort": str(codec.effort),
-        "decoding steps": f"{args.steps} ({'one-step decoder' if args.steps == 1 else 'DDIM'})",
-        "baselines": ", ".join(f"{b.name} ({b.options})" for b in baselines) or "none",
-        "down-scaled baselines": f"2x and 4x, {args.downscaled}",
-        "FID/KID protocol": f"{args.fid_patch}px patches"
-        + ("" if args.fid_no_shift else " + half-patch-shifted grid")
-        + ", resized to 299, pytorch-fid Inception pool3",
-        "processes": count,
-        "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        **_environment(codec.device),
-    }
-    write_outputs(result, out, metrics, bd, info, published)
-    _print_summary(result, shown, out)
+
+    def load(device: str):
+        args.device = device
+        return load_codec(args)
+
+    outcome = run_evaluation(
+        request, load, args.device, notice=lambda line: print(f"oscar: {line}", file=sys.stderr)
+    )
+    if outcome is not None:  # process 0 of several, or the only one
+        _print_summary(outcome.result, outcome.metrics, Path(args.output))
     return 0
 
 
 def _print_summary(result, metrics, out: Path) -> None:
-    import math
-
     def fmt(v):
         return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
 

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from oscar.commands.common import add_limit_options, read_input_file
+from oscar.errors import ConfigError, OscarError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -48,47 +50,11 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- files
-def describe_file(data: bytes, config, limits) -> dict:
-    """Header fields and rates of one file, as a JSON-ready dict."""
-    from oscar import bitstream
-
-    container = bitstream.read(data, limits)
-    h = container.header
-    pixels = h.height * h.width
-    info = {
-        "format_version": bitstream.VERSION,
-        "level": h.level,
-        "coder": h.coder_name,
-        "fingerprint": h.fingerprint.hex(),
-        "height": h.height,
-        "width": h.width,
-        "grey": h.grey,
-        "file_bytes": container.total_bytes,
-        "payload_bytes": len(container.payload),
-        "overhead_bytes": container.overhead_bytes,
-        "measured_bpp": container.total_bytes * 8 / pixels,
-        "payload_bpp": len(container.payload) * 8 / pixels,
-    }
-    if config is not None and h.level in config.level_numbers:
-        rate = config.level(h.level)
-        gh, gw = config.token_grid(h.height, h.width, h.level)
-        info.update(
-            {
-                "grid_factor": rate.grid_factor,
-                "codebook_size": rate.codebook_size,
-                "timestep": rate.timestep,
-                "tokens": [gh, gw],
-                "nominal_bpp": rate.nominal_bpp,
-                "fixed_payload_bytes": -(-gh * gw * rate.bits_per_index // 8),
-            }
-        )
-    return info
-
-
 def _print_files(args: argparse.Namespace) -> int:
-    from oscar.bitstream import Limits
-    from oscar.errors import ConfigError, OscarError
-    from oscar.model_files import MODEL_FILE, read_config, resolve_model_dir  # no torch
+    # lazy: light (no torch), but --help does not need it
+    from oscar.coding.bitstream import Limits
+    from oscar.coding.file_info import describe_file
+    from oscar.store.model_files import MODEL_FILE, read_config, resolve_model_dir  # no torch
 
     limits = Limits(max_pixels=args.max_pixels)
     try:
@@ -154,74 +120,6 @@ def _print_files(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- model
-def describe_model(loaded) -> dict:
-    """A loaded model (``oscar.pretrained.LoadedModel``) as a JSON-ready dict: what identifies
-    it, what it is made of and its rate table. Parameters are counted as loaded (a UNet LoRA
-    merged into the UNet's weights; its stored factors are counted apart)."""
-    from oscar.pretrained import FINGERPRINT_BYTES, embedded_model_dir
-
-    model, config = loaded.model, loaded.model.config
-
-    def count(*modules) -> int:
-        return sum(p.numel() for m in modules if m is not None for p in m.parameters())
-
-    vae = model.vae
-    parameters = {
-        "vae_encoder": count(vae.encoder, getattr(vae, "quant_conv", None)),
-        "vae_decoder": count(vae.decoder, getattr(vae, "post_quant_conv", None)),
-        "unet": count(model.unet),
-        "hyper_coders": count(model.hyper),
-        "prompt": model.prompt_embedding.numel(),
-    }
-    parameters["total"] = sum(parameters.values())
-    adapter = model.unet_adapter
-    lora = None
-    if config.lora is not None:
-        lora = {
-            "rank": config.lora.rank,
-            "alpha": config.lora.alpha,
-            "modules": len(adapter.lora) if adapter is not None else 0,
-            "stored_values": sum(t.numel() for t in adapter.tensors.values()) if adapter else 0,
-        }
-    decoder = None
-    if config.vae_decoder is not None:
-        d = config.vae_decoder
-        decoder = {
-            "block_out_channels": list(d.block_out_channels),
-            "layers_per_block": list(d.depths),
-            "pixel_shuffle": d.pixel_shuffle,
-        }
-    levels = []
-    for rate in config.levels:
-        entry = {
-            "level": rate.level,
-            "nominal_bpp": rate.nominal_bpp,
-            "grid_factor": rate.grid_factor,
-            "codebook_size": rate.codebook_size,
-            "timestep": rate.timestep,
-            "cosine": rate.cosine,
-            "prior_entropy_bits": None,
-        }
-        if loaded.priors is not None and rate.level in loaded.priors.tables:
-            entry["prior_entropy_bits"] = loaded.priors.entropy_bits(rate.level)
-        levels.append(entry)
-    directory = Path(loaded.directory)
-    return {
-        "model": str(directory),
-        "name": config.name,
-        "embedded": directory.resolve() == embedded_model_dir().resolve(),
-        "fingerprint": loaded.fingerprint.hex(),
-        "file_fingerprint": loaded.fingerprint[:FINGERPRINT_BYTES].hex(),
-        "base_model": config.base_model,
-        "parameters": parameters,
-        "lora": lora,
-        "vae_decoder": decoder,
-        "latent_channels": vae.config.latent_channels,
-        "priors": loaded.priors is not None,
-        "levels": levels,
-    }
-
-
 def _millions(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1e6:.2f} M"
@@ -229,7 +127,9 @@ def _millions(n: int) -> str:
 
 
 def _print_model(args: argparse.Namespace) -> int:
-    from oscar.pretrained import load_model, resolve_model_dir
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
+    from oscar.store.model_info import describe_model
+    from oscar.store.pretrained import load_model, resolve_model_dir
 
     loaded = load_model(resolve_model_dir(args.model), args.base_model)
     info = describe_model(loaded)

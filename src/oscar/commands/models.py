@@ -10,6 +10,7 @@ from oscar.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -73,11 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     import torch
 
     from oscar.config import ModelConfig
     from oscar.models.oscar import OscarModel
-    from oscar.pretrained import model_on_base, save_model
+    from oscar.store.pretrained import model_on_base, save_model
 
     config = ModelConfig.from_json_file(args.config)
     out = Path(args.output)
@@ -112,11 +114,12 @@ def parse_levels(text: str, available: tuple[int, ...]) -> list[int]:
 
 
 def run_fit_priors(args: argparse.Namespace) -> int:
-    from oscar.codec import OscarCodec
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
+    from oscar.coding.codec import OscarCodec
+    from oscar.coding.prior_fitting import find_images, fit_priors
+    from oscar.coding.priors import IndexPriors
     from oscar.io import atomic_output
-    from oscar.pretrained import PRIORS_FILE, load_model
-    from oscar.prior_fitting import find_images, fit_priors
-    from oscar.priors import IndexPriors
+    from oscar.store.pretrained import PRIORS_FILE, load_model
 
     codec = OscarCodec.from_pretrained(
         args.model_dir, device=args.device, base_model=args.base_model, effort=args.effort
@@ -147,9 +150,10 @@ def run_fit_priors(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     import torch
 
-    from oscar.pretrained import load_model, save_model
+    from oscar.store.pretrained import load_model, save_model
 
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import replace
+from pathlib import Path
 
+from oscar.commands.models import parse_levels
 from oscar.errors import ConfigError
+from oscar.extras import require_extra
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # lazy: oscar.cli imports this module
     from oscar.cli import HelpFormatter
 
     p = sub.add_parser(
@@ -82,9 +86,8 @@ def _stage_index(config, text: str | None) -> int | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from oscar.extras import require_extra
-
     require_extra("train", "oscar train")  # before any work
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
     from oscar.training.config import TRAINING_KINDS, TrainConfig
     from oscar.training.recipe import run_recipe
 
@@ -118,7 +121,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def check_train_data(config, recipe: str) -> None:
     """Before torch loads and before any stage folder is made: the recipe's image folders."""
-    from pathlib import Path
 
     folders = [*config.data.train, *config.data.validation]
     missing = [f for f in folders if not Path(f).exists()]
@@ -130,10 +132,10 @@ def check_train_data(config, recipe: str) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from oscar.commands.models import parse_levels
-    from oscar.device import resolve_device
-    from oscar.pretrained import load_model, write_model_config
-    from oscar.prior_fitting import find_images
+    # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
+    from oscar.coding.prior_fitting import find_images
+    from oscar.runtime.device import resolve_device
+    from oscar.store.pretrained import load_model, write_model_config
     from oscar.training.calibration import calibrate, format_table
 
     device = resolve_device(args.device)

@@ -60,6 +60,12 @@ class Baseline(ABC):
         return f"{self.parameter} {quality:g}"
 
 
+def _imagecodecs():
+    import imagecodecs  # lazy: the eval extra, which may be absent (oscar.extras names it)
+
+    return imagecodecs
+
+
 def _rgb(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
@@ -73,16 +79,12 @@ class JPEG(Baseline):
     options = "libjpeg-turbo, 4:2:0, optimised Huffman"
 
     def encode(self, rgb: np.ndarray, quality: float) -> bytes:
-        import imagecodecs
-
         return bytes(
-            imagecodecs.jpeg8_encode(rgb, level=int(quality), subsampling="420", optimize=True)
+            _imagecodecs().jpeg8_encode(rgb, level=int(quality), subsampling="420", optimize=True)
         )
 
     def decode(self, data: bytes) -> np.ndarray:
-        import imagecodecs
-
-        return _rgb(imagecodecs.jpeg8_decode(data))
+        return _rgb(_imagecodecs().jpeg8_decode(data))
 
 
 class WebP(Baseline):
@@ -92,14 +94,10 @@ class WebP(Baseline):
     options = "libwebp lossy, method 4"
 
     def encode(self, rgb: np.ndarray, quality: float) -> bytes:
-        import imagecodecs
-
-        return bytes(imagecodecs.webp_encode(rgb, level=int(quality), lossless=False, method=4))
+        return bytes(_imagecodecs().webp_encode(rgb, level=int(quality), lossless=False, method=4))
 
     def decode(self, data: bytes) -> np.ndarray:
-        import imagecodecs
-
-        return _rgb(imagecodecs.webp_decode(data))
+        return _rgb(_imagecodecs().webp_decode(data))
 
 
 class AVIF(Baseline):
@@ -109,14 +107,10 @@ class AVIF(Baseline):
     options = "libavif (AOM), speed 6, 4:4:4"
 
     def encode(self, rgb: np.ndarray, quality: float) -> bytes:
-        import imagecodecs
-
-        return bytes(imagecodecs.avif_encode(rgb, level=int(quality), speed=6))
+        return bytes(_imagecodecs().avif_encode(rgb, level=int(quality), speed=6))
 
     def decode(self, data: bytes) -> np.ndarray:
-        import imagecodecs
-
-        return _rgb(imagecodecs.avif_decode(data))
+        return _rgb(_imagecodecs().avif_decode(data))
 
 
 class JPEGXL(Baseline):
@@ -126,14 +120,10 @@ class JPEGXL(Baseline):
     options = "libjxl, effort 7"
 
     def encode(self, rgb: np.ndarray, quality: float) -> bytes:
-        import imagecodecs
-
-        return bytes(imagecodecs.jpegxl_encode(rgb, level=int(quality), effort=7))
+        return bytes(_imagecodecs().jpegxl_encode(rgb, level=int(quality), effort=7))
 
     def decode(self, data: bytes) -> np.ndarray:
-        import imagecodecs
-
-        return _rgb(imagecodecs.jpegxl_decode(data))
+        return _rgb(_imagecodecs().jpegxl_decode(data))
 
 
 class JPEG2000(Baseline):
@@ -144,14 +134,10 @@ class JPEG2000(Baseline):
     options = "OpenJPEG, one quality layer, J2K codestream"
 
     def encode(self, rgb: np.ndarray, quality: float) -> bytes:
-        import imagecodecs
-
-        return bytes(imagecodecs.jpeg2k_encode(rgb, level=float(quality), codecformat="J2K"))
+        return bytes(_imagecodecs().jpeg2k_encode(rgb, level=float(quality), codecformat="J2K"))
 
     def decode(self, data: bytes) -> np.ndarray:
-        import imagecodecs
-
-        return _rgb(imagecodecs.jpeg2k_decode(data))
+        return _rgb(_imagecodecs().jpeg2k_decode(data))
 
 
 BASELINES: dict[str, type[Baseline]] = {
@@ -265,3 +251,15 @@ def match_rate(cache: EncodingCache, target_bpp: float) -> Match:
             hi = mid
     best = min((lo, hi), key=lambda i: (abs(cache.bpp(grid[i]) - target_bpp), i))
     return Match(cache.get(grid[best]), cache.bpp(grid[best]), target_bpp, "ok")
+
+
+def baseline_versions() -> dict[str, str]:
+    """The baselines' library versions, for an evaluation's record (none without imagecodecs)."""
+    try:
+        import imagecodecs  # lazy: the eval extra, which may be absent
+    except ImportError:
+        return {}
+    parts = [part.split("-", 1) for part in imagecodecs.version().split(", ") if "-" in part]
+    libs = dict(parts)
+    keep = ("libjpeg_turbo", "libwebp", "libavif", "libjxl", "openjpeg")
+    return {"baseline libraries": ", ".join(f"{k} {libs[k]}" for k in keep if k in libs)}

@@ -65,7 +65,7 @@ def bd_rate(
     method: str = METHOD,
 ) -> tuple[float | None, str]:
     """BD-rate in percent of ``test`` against ``anchor``, each a list of (bpp, metric value)."""
-    import bjontegaard
+    import bjontegaard  # lazy: the eval extra, which may be absent
 
     prepared = []
     for name, points in (("anchor", anchor), ("test", test)):

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from oscar.errors import ConfigError
 from oscar.evaluation import fid as fidlib
 from oscar.evaluation.perceptual import PERCEPTUAL_NAMES, load_perceptual, unavailable_reason
 
@@ -104,7 +105,7 @@ def ms_ssim_scales(height: int, width: int) -> int:
 def _gauss_window(size: int = MS_SSIM_WINDOW, sigma: float = 1.5) -> np.ndarray:
     """pytorch-msssim's own 1-D Gaussian window (float32 as it makes it; its rounding moves
     MS-SSIM by ~1e-7), used in float64."""
-    from pytorch_msssim.ssim import _fspecial_gauss_1d
+    from pytorch_msssim.ssim import _fspecial_gauss_1d  # lazy: optional (MS-SSIM only)
 
     return _fspecial_gauss_1d(size, sigma).double().numpy().ravel()
 
@@ -205,8 +206,6 @@ class MetricSuite:
     ) -> None:
         unknown = [n for n in names if n not in ALL_METRICS]
         if unknown:
-            from oscar.errors import ConfigError
-
             raise ConfigError(f"unknown metrics {unknown}; choose from {', '.join(ALL_METRICS)}")
         self.names = tuple(dict.fromkeys(names))
         self.device = device or torch.device("cpu")

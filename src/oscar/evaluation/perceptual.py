@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from oscar.errors import ModelError
 from oscar.evaluation.backbones import AlexNetFeatures, VGG16Features, load_backbone
 from oscar.evaluation.weights import find_weight, load_into, load_state_dict, missing_message
 
@@ -187,7 +188,6 @@ def load_into_params(
     module: nn.Module, state: dict[str, torch.Tensor], names: tuple[str, ...], path: Path
 ) -> None:
     """Copy named top-level parameters (DISTS's alpha, beta) from a state dict, shapes checked."""
-    from oscar.errors import ModelError
 
     for name in names:
         if name not in state:

@@ -110,7 +110,7 @@ def plot_rd(
     Two panels per metric: the left one fitted to our range of rates (so that our curve is not
     squeezed into a corner by baselines that reach 2 bpp), the right one with every point."""
     # A bare Figure renders with the Agg canvas and touches no global backend state (no pyplot).
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: the eval extra, which may be absent
     from matplotlib.lines import Line2D
 
     panels = [

@@ -276,10 +276,6 @@ def write_aggregates(path_stem: Path, rows: Sequence[Aggregate]) -> list[Path]:
     return [json_path, csv_path]
 
 
-def read_records(path: Path) -> list[ImageRecord]:
-    return [ImageRecord.from_dict(d) for d in json.loads(path.read_text())]
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return ""

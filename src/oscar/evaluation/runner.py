@@ -35,13 +35,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
-from oscar import bitstream
+from oscar.coding import bitstream
+from oscar.errors import ConfigError, ImageError
 from oscar.evaluation.baselines import (
     Baseline,
     EncodingCache,
@@ -52,6 +54,7 @@ from oscar.evaluation.baselines import (
 from oscar.evaluation.metrics import PER_IMAGE_METRICS, FeatureSet, MetricSuite
 from oscar.evaluation.records import Aggregate, ImageRecord, aggregate
 from oscar.filetypes import find_files
+from oscar.io import SourceImage, save_image, write_bytes_atomic
 
 __all__ = [
     "EvalOptions",
@@ -105,8 +108,6 @@ class EvalOptions:
         if self.downscaled not in DOWNSCALED:
             raise ValueError(f"downscaled must be one of {DOWNSCALED}, not {self.downscaled!r}")
         if self.protocol not in PROTOCOLS:
-            from oscar.errors import ConfigError
-
             raise ConfigError(f"unknown protocol {self.protocol!r}; use one of {PROTOCOLS}")
 
 
@@ -160,13 +161,10 @@ def list_images(data: str | Path | Sequence[str | Path], max_images: int | None 
 def paper_resize(rgb: np.ndarray, multiple: int = PAPER_MULTIPLE) -> np.ndarray:
     """(H, W, 3) uint8 → Lanczos-resized to (H − H mod m, W − W mod m), as the original's test
     script prepares its images; unchanged when already a multiple."""
-    from PIL import Image
 
     h, w = rgb.shape[:2]
     nh, nw = h - h % multiple, w - w % multiple
     if min(nh, nw) == 0:
-        from oscar.errors import ImageError
-
         raise ImageError(
             f"--protocol paper needs images of at least {multiple}x{multiple} pixels, got {h}x{w}"
         )
@@ -180,7 +178,6 @@ def prepare_source(codec, path, protocol: str = "ours"):
     source = codec.prepare_image(path)
     if protocol != "paper":
         return source
-    from oscar.io import SourceImage
 
     return codec.prepare_image(SourceImage(paper_resize(source.rgb), grey=source.grey))
 
@@ -241,8 +238,6 @@ def evaluate_oscar(
     """
     bad = [m for m in metrics if m not in PER_IMAGE_METRICS]
     if bad:
-        from oscar.errors import ConfigError
-
         raise ConfigError(f"evaluate_oscar computes per-image metrics only, not {bad}")
     suite = MetricSuite(tuple(metrics), weights_dir, device or codec.device)
     for line in suite.skip_lines():
@@ -259,8 +254,6 @@ def evaluate_oscar(
                 _oscar_record(path.name, source.rgb, level, data, values, notes, enc_s, dec_s)
             )
             if out_dir is not None:
-                from oscar.io import save_image, write_bytes_atomic
-
                 write_bytes_atomic(out_dir / f"L{level}" / f"{path.stem}.oscar", data, force=True)
                 save_image(rec, out_dir / f"L{level}" / f"{path.stem}.png", force=True)
     return records
@@ -493,6 +486,4 @@ def finalize(parts: Sequence[PartialResult], suite: MetricSuite) -> EvalResult:
 
 
 def _with_dataset(a: Aggregate, values, notes) -> Aggregate:
-    from dataclasses import replace
-
     return replace(a, dataset_metrics=values, notes=tuple(dict.fromkeys([*a.notes, *notes])))

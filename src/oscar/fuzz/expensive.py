@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from oscar.coding.codec import EncodedImage
+
 
 def expensive_file(codec: Any, level: int, height: int, width: int) -> bytes:
     """The smallest valid file for ``codec`` announcing ``height`` × ``width`` at ``level``."""
-    from oscar.codec import EncodedImage
 
     h, w = codec.token_grid(height, width, level)
     indices = np.zeros((h, w), dtype=np.int64)

@@ -6,6 +6,7 @@ import faulthandler
 import logging
 import os
 import random
+import resource
 import threading
 import time
 import tracemalloc
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from oscar.errors import BitstreamError, FingerprintMismatchError
 from oscar.fuzz.mutations import Mutator
 
 logger = logging.getLogger(__name__)
@@ -61,10 +65,8 @@ class FuzzReport:
 
 
 def _stage(exc: Exception, container_ok: bool, coder_id: int | None) -> str:
-    from oscar.errors import FingerprintMismatchError
-
     if not container_ok:
-        return "container"  # oscar.bitstream.read: magic .. CRC .. flags .. limits
+        return "container"  # oscar.coding.bitstream.read: magic .. CRC .. flags .. limits
     if isinstance(exc, FingerprintMismatchError) or "rate table" in str(exc):
         return "model"
     return {0: "payload-fixed", 1: "payload-entropy"}.get(coder_id, "payload")
@@ -87,8 +89,8 @@ def check_input(
     measures it (numpy's buffers included; torch's CPU allocator is not seen, and no tensor
     exists before ``decode``).
     """
-    from oscar.commands.info import describe_file
-    from oscar.errors import BitstreamError
+    # lazy: the coding modules load after atheris.instrument_imports (oscar.fuzz.__main__)
+    from oscar.coding.file_info import describe_file
 
     def violation(problem: str) -> ContractViolation:
         return ContractViolation(problem, data)
@@ -134,7 +136,7 @@ def check_input(
 
     if info is None:
         raise violation("unpack accepted a file that info's parser rejects")
-    from oscar.entropy import CODER_NAMES
+    from oscar.coding.entropy import CODER_NAMES  # lazy: as describe_file above
 
     if report is not None:
         report.stages["accepted"] += 1
@@ -160,9 +162,8 @@ def check_input(
 def make_seeds(codec: Any, sizes: Sequence[tuple[int, int]] | None = None) -> list[bytes]:
     """Valid files: every level, both coders (entropy where the model has a prior), colour and
     greyscale images of a few sizes within the codec's pixel limit."""
-    import numpy as np
 
-    from oscar.codec import EncodedImage
+    from oscar.coding.codec import EncodedImage  # lazy: as in check_input
 
     limit = codec.limits.max_pixels
     sizes = sizes or [(1, 1), (16, 16), (9, 100), (32, 32)]
@@ -178,10 +179,10 @@ def make_seeds(codec: Any, sizes: Sequence[tuple[int, int]] | None = None) -> li
         if i % 2:
             image = image[:, :, 0]  # greyscale: sets the grey flag
         source = codec.prepare_image(image)
-        y, rms_codes = codec.encode_latent(source)  # once per image, as compress_to_budget does
+        y, codes = codec.encode_latents([source])  # once per image, as compress_to_budget does
         for rate in codec.levels:
             record = EncodedImage(
-                rate.level, h, w, codec.hyper_encode(y, rate.level), rms_codes, source.grey
+                rate.level, h, w, codec.encode_indices(y, rate.level)[0], codes[0], source.grey
             )
             coders = ["fixed"] + (["entropy"] if rate.level in tables else [])
             seeds += [codec.pack(record, coder) for coder in coders]
@@ -189,8 +190,6 @@ def make_seeds(codec: Any, sizes: Sequence[tuple[int, int]] | None = None) -> li
 
 
 def _rss_mib() -> float:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -1,4 +1,4 @@
-"""Structure-aware mutations of valid ``.oscar`` files (the layout is oscar.bitstream's).
+"""Structure-aware mutations of valid ``.oscar`` files (the layout is oscar.coding.bitstream's).
 
 Raw damage (bit flips, extreme bytes, truncation, appended bytes, splices of two files) gets a
 recomputed CRC-32 three times in four; header-aware damage (fields set to extremes, length lies,
@@ -13,9 +13,9 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 
-from oscar.bitstream import payload_offset
+from oscar.coding.bitstream import payload_offset
 
-_FIXED = 18  # bytes before the payload-length field in a version-1 file (oscar.bitstream)
+_FIXED = 18  # bytes before the payload-length field in a version-1 file (oscar.coding.bitstream)
 _INTERESTING_BYTES = (0x00, 0x01, 0x02, 0x07, 0x0F, 0x10, 0x11, 0x7F, 0x80, 0x81, 0xFE, 0xFF)
 _INTERESTING_SIDES = (0, 1, 2, 7, 8, 63, 64, 65, 127, 128, 255, 256, 4096, 32767, 65535)
 _INTERESTING_LENGTHS = (0, 1, 3, 4, 5, 127, 128, 16383, 16384, 2**21, 2**28 - 1)

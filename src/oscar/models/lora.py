@@ -34,6 +34,7 @@ from torch import nn
 
 from oscar.config import LoraSettings
 from oscar.errors import ModelError
+from oscar.models.tensor_checks import all_finite, state_problems
 
 LORA_PREFIX = "unet_lora."
 OVERRIDE_PREFIX = "unet_override."
@@ -97,14 +98,6 @@ def expected_lora_shapes(unet: nn.Module, settings: LoraSettings) -> dict[str, t
     return out
 
 
-def lora_delta(layer: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """s · B A in the layout of ``layer.weight``, computed in float32."""
-    a, b = a.float(), b.float()
-    if isinstance(layer, nn.Conv2d):
-        return scale * torch.einsum("or,rihw->oihw", b[:, :, 0, 0], a)
-    return scale * (b @ a)
-
-
 # ----------------------------------------------------------------------------- stored form
 @dataclass
 class UnetAdapter:
@@ -148,8 +141,6 @@ def check_adapter(
 
     Names and shapes always; with ``values`` also that every tensor is finite floating point.
     """
-    from oscar.safe_build import state_problems
-
     expected: dict[str, tuple[int, ...]] = dict(expected_lora_shapes(unet, adapter.settings))
     params = dict(unet.named_parameters())
     for name in adapter.overrides:
@@ -158,8 +149,6 @@ def check_adapter(
     problems = state_problems(expected, adapter.tensors)
     if problems:
         raise ModelError(f"{where}: UNet LoRA does not match the UNet: " + "; ".join(problems))
-    from oscar.diffusers_io import all_finite
-
     for key, t in adapter.tensors.items() if values else ():
         if not t.is_floating_point() or not all_finite(t):
             raise ModelError(f"{where}: {key} is not a finite floating-point tensor")
@@ -212,7 +201,7 @@ def identity_adapter(
 
 # ----------------------------------------------------------------------------- training (peft)
 def _peft_layers(unet: nn.Module) -> dict[str, nn.Module]:
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: the train extra, which may be absent
 
     return {n: m for n, m in unet.named_modules() if isinstance(m, LoraLayer)}
 
@@ -231,7 +220,7 @@ def add_lora(
     UNet's output is unchanged until training moves B. Only the LoRA factors require grad.
     Returns the wrapped module names.
     """
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazy: the train extra, which may be absent
 
     names = lora_target_names(unet, settings)  # also refuses unsupported module types
     config = LoraConfig(

@@ -7,8 +7,8 @@
             ─UNet(z_t, t_L, prompt)─► y_hat (one-step x0) ─/s, VAE dec─► x_hat (B,3,H,W)
 
 s is the VAE's ``scaling_factor``. The model never pads or crops: the codec does that
-(``oscar.codec``), so every tensor here has sides divisible by the level's grid factor and by the
-UNet's downsampling.
+(``oscar.coding.codec``), so every tensor here has sides divisible by the level's grid factor and
+by the UNet's downsampling.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
-from oscar import stages
 from oscar.config import ModelConfig
 from oscar.models.hyper import HyperCoder, HyperOutput
 from oscar.models.norms import channel_rms, dequantize_rms, quantize_rms, rescale_channels
@@ -32,7 +31,8 @@ from oscar.models.schedule import (
 )
 from oscar.models.vae_decoder import build_vae
 from oscar.rates import VAE_FACTOR, RateLevel
-from oscar.tiling import Tiling, tiled_map
+from oscar.runtime import stages
+from oscar.runtime.tiling import Tiling, tiled_map
 
 
 def vae_decode(vae, y: torch.Tensor, scaling_factor: float) -> torch.Tensor:
@@ -90,17 +90,22 @@ class OscarModel(nn.Module):
         return self.config.levels
 
     def rate(self, level: int) -> RateLevel:
+        """The level's rate row; an unknown level is a ConfigError naming the rate table."""
         return self.config.level(level)
 
     def hyper_coder(self, level: int) -> HyperCoder:
-        self.config.level(level)  # clear error for an unknown level
-        return self.hyper[str(level)]
+        """The level's hyper-coder; callers have checked the level (an unknown one still gets
+        the rate table's ConfigError, not a KeyError)."""
+        key = str(level)
+        if key not in self.hyper:
+            self.config.level(level)  # raises
+        return self.hyper[key]
 
     # ------------------------------------------------------------------------ stages
     def encode_latent(self, x: torch.Tensor, tiles: Tiling | None = None) -> torch.Tensor:
         """x (B,3,H,W) in [-1,1] → scaled latent y (B,4,H/8,W/8) float32: the posterior mean.
 
-        No random draw. ``tiles`` runs the VAE encoder by blended tiles (oscar.tiling).
+        No random draw. ``tiles`` runs the VAE encoder by blended tiles (oscar.runtime.tiling).
         """
 
         def encode(x: torch.Tensor) -> torch.Tensor:
@@ -169,21 +174,6 @@ class OscarModel(nn.Module):
         return y_hat
 
     # ------------------------------------------------------------------------ whole paths
-    def decode_indices(
-        self,
-        indices: torch.Tensor,
-        rms_codes: torch.Tensor,
-        level: int,
-        tiles: Tiling | None = None,
-        *,
-        steps: int = 1,
-    ) -> torch.Tensor:
-        """indices (B,h,w) + RMS codes (B,4) → x_hat (B,3,8h',8w') in [-1,1] (padded size)."""
-        y_tilde = self.hyper_coder(level).decode(indices)
-        z_t = self.to_noisy_latent(y_tilde, rms_codes)
-        y_hat = self.denoise(z_t, self.rate(level).timestep, tiles, steps=steps)
-        return self.decode_latent(y_hat, tiles)
-
     def code_latent(
         self, y: torch.Tensor, level: int
     ) -> tuple[HyperOutput, torch.Tensor, torch.Tensor]:

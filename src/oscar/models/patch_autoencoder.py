@@ -22,7 +22,7 @@ the training data, as a diffusion prior wants; PCA coefficients otherwise span o
 magnitude. ``scaling_factor`` stays 1 so the rest of the model treats ``y`` as already scaled.
 
 No normalisation layers: a tile decodes like the whole image away from its border (tiling,
-oscar.tiling), and nothing depends on batch or image statistics.
+oscar.runtime.tiling), and nothing depends on batch or image statistics.
 
 It has the interface of diffusers' ``AutoencoderKL`` that OSCAR uses: ``encode(x).latent_dist``
 (deterministic: ``mean`` is the latent, ``std`` zero, KL zero) and ``decode(y).sample``.

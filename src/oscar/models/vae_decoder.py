@@ -12,7 +12,7 @@ The VAE stays an ``AutoencoderKL`` (its ``encode``/``decode`` and the ``post_qua
 used as they are); only ``vae.decoder`` is another module. Its weights are stored under the
 same ``decoder.`` names in ``vae/``; ``oscar.json`` says which architecture they belong to.
 The embedded model uses one since fingerprint bb2087d1 (configs/train_small_fast_decoder.yaml;
-configs/train_small_light_decoder.yaml was an earlier, lighter try, not shipped).
+benchmarks/experiments/train_small_light_decoder.yaml was an earlier, lighter try, not shipped).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from diffusers.models.unets.unet_2d_blocks import get_up_block
 
 from oscar.config import VaeDecoderConfig
 from oscar.errors import ConfigError
+from oscar.models.patch_autoencoder import PatchAutoencoder
 
 
 class PixelShuffleDecoder(Decoder):
@@ -81,7 +82,6 @@ def _up_block(like: torch.nn.Module, depth: int, vae_config: Mapping[str, Any]) 
 
 def vae_class(vae_config: Mapping[str, Any]) -> type:
     """The autoencoder class a VAE config names (``_class_name``; AutoencoderKL by default)."""
-    from oscar.models.patch_autoencoder import PatchAutoencoder
 
     name = vae_config.get("_class_name", "AutoencoderKL")
     classes = {"AutoencoderKL": AutoencoderKL, "PatchAutoencoder": PatchAutoencoder}

@@ -1,2 +1,2 @@
-"""Training: data, losses, stages 0/1/2 on accelerate, calibration, recipes
-(docs/method.md §4-5)."""
+"""Training: data, losses, the stages of a recipe (one module per kind, ``stages/``) on
+accelerate, calibration (docs/method.md §4-5)."""

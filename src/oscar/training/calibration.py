@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from oscar.coding.codec import OscarCodec
 from oscar.config import ModelConfig
 from oscar.models.oscar import OscarModel
 from oscar.models.schedule import NoiseSchedule
+from oscar.store.pretrained import LoadedModel
 from oscar.training.losses import global_cosine
 
 
@@ -48,15 +50,13 @@ def measure_cosines(
     progress: bool = True,
 ) -> dict[int, list[float]]:
     """Per level, cos(z_t, y) of every image."""
-    from oscar.codec import OscarCodec
-    from oscar.pretrained import LoadedModel
 
     # optimize=False: the inference tuning would change the layout of the model being trained
     codec = OscarCodec(LoadedModel.from_model(model), device=device, optimize=False)
     found: dict[int, list[float]] = {lv: [] for lv in levels}
     for path in tqdm(images, desc="calibrating", unit="img", disable=not progress):
-        y, codes = codec.encode_latent(codec.prepare_image(path))
-        codes_t = torch.from_numpy(codes).unsqueeze(0).to(device)
+        y, codes = codec.encode_latents([codec.prepare_image(path)])
+        codes_t = torch.from_numpy(codes).to(device)
         for lv in levels:
             y_tilde = model.hyper_coder(lv)(y).y_tilde
             z_t = model.to_noisy_latent(y_tilde, codes_t)

@@ -17,7 +17,7 @@ model the previous stage wrote::
 
 Stage kinds (docs/method.md §4-5): ``vae`` and ``diffusion`` (stage 0, models trained from scratch),
 ``hyper`` (stage 1), ``calibrate``, ``joint`` (stage 2), ``decoder`` (refines the VAE decoder
-alone, oscar.training.stage3), ``priors``, and ``add_level`` (adds a new rate level whose
+alone, oscar.training.stages.decoder), ``priors``, and ``add_level`` (adds a new rate level whose
 hyper-coder the next ``hyper`` stage trains).
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -211,12 +211,13 @@ class StageConfig:
     # decoder only: a new decoder architecture (oscar.config.VaeDecoderConfig) trained from the
     # input model's decoder where tensor names and shapes agree
     vae_decoder: VaeDecoderConfig | None = None
-    # decoder only: targets are a teacher decoder's outputs, not the crops (stage3.py): true for
-    # the input model's decoder, or a model directory (same encoder)
+    # decoder only: targets are a teacher decoder's outputs, not the crops
+    # (oscar.training.stages.decoder): true for the input model's decoder, or a model directory
+    # (same encoder)
     distill: bool | str = False
-    # decoder with distill only: per-sample, per-channel jitter of the decoded latents (stage3.py):
-    # a shift of latent_shift · N(0, 1) · the channel's spatial std, a scale of
-    # exp(latent_log_scale · N(0, 1))
+    # decoder with distill only: per-sample, per-channel jitter of the decoded latents
+    # (oscar.training.stages.decoder): a shift of latent_shift · N(0, 1) · the channel's spatial
+    # std, a scale of exp(latent_log_scale · N(0, 1))
     latent_shift: float = 0.0
     latent_log_scale: float = 0.0
     # decoder with a distill directory only: the fingerprint (hex, as `oscar info --model DIR`
@@ -328,7 +329,7 @@ class TrainConfig:
             raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
+                import yaml  # lazy: the train extra, which may be absent (JSON needs none)
 
                 data = yaml.safe_load(text)
             else:
@@ -346,7 +347,6 @@ class TrainConfig:
         Paths that exist relative to the working directory are kept, so recipes in configs/
         can say `configs/small.json` when run from the project root.
         """
-        from dataclasses import replace
 
         def fix(p: str | None) -> str | None:
             if p is None or Path(p).is_absolute() or Path(p).exists():

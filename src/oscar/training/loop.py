@@ -15,6 +15,7 @@ holds everything else. A killed run loses at most ``checkpoint_every`` steps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.optimization import get_scheduler
 from torch import nn
+from tqdm.auto import tqdm
 
 from oscar.training.config import StageConfig, TrainConfig
 
@@ -124,6 +127,7 @@ class LoopContext:
 
 
 def make_accelerator(config: TrainConfig, stage_dir: Path):
+    # lazy: the train extra, which may be absent (oscar.extras names it first)
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
@@ -148,7 +152,6 @@ def make_optimized(
     steps: int,
 ) -> Optimized:
     """AdamW + warm-up schedule for the trainable parameters of ``module``, prepared."""
-    from diffusers.optimization import get_scheduler
 
     stage = ctx.stage
     params = [p for p in module.parameters() if p.requires_grad]
@@ -188,7 +191,6 @@ def backward_and_step(ctx: LoopContext, opt: Optimized, losses: Iterator[torch.T
 
 def replicas_agree(accelerator, params: list[nn.Parameter]) -> bool:
     """Whether every process holds bit-identical parameters (a check on data parallelism)."""
-    import hashlib
 
     h = hashlib.sha256()
     for p in params:
@@ -264,7 +266,6 @@ class LoopResult:
 
 def run_loop(ctx: LoopContext, stage, start_step: int, max_seconds: float | None) -> LoopResult:
     """Run ``stage.train_step`` from ``start_step`` to ``stage.steps``."""
-    from tqdm.auto import tqdm
 
     config, sc = ctx.config, ctx.stage
     began = time.monotonic()

@@ -73,7 +73,7 @@ def sobel_edges(x: torch.Tensor) -> torch.Tensor:
 def _ms_ssim_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """1 − MS-SSIM on [0, 1] images; the window shrinks for small patches (5 scales need
     side > 16·(window − 1)); below 64 px single-scale SSIM is used."""
-    from pytorch_msssim import ms_ssim, ssim
+    from pytorch_msssim import ms_ssim, ssim  # lazy: optional, only this loss needs it
 
     a = ((x_hat.float() + 1) / 2).clamp(0, 1)
     b = ((x.float() + 1) / 2).clamp(0, 1)
@@ -94,6 +94,7 @@ def make_perceptual(kind: str, fallback: str, weights_dir: str | None) -> tuple[
     if kind in ("lpips_vgg", "lpips_alex", "dists"):
         module, reason = None, "oscar.evaluation is not available"
         try:
+            # lazy and guarded: without the evaluation modules the fallback loss runs
             from oscar.evaluation.perceptual import load_perceptual, unavailable_reason
 
             module = load_perceptual(kind, weights_dir)

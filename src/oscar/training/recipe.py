@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,14 +23,24 @@ from typing import Any
 
 import torch
 
+from oscar.coding.codec import OscarCodec
+from oscar.coding.prior_fitting import fit_priors
+from oscar.coding.priors import IndexPriors
 from oscar.config import ModelConfig
-from oscar.device import device_name
 from oscar.errors import ConfigError
 from oscar.models.oscar import OscarModel
-from oscar.pretrained import load_model, model_on_base, require_fingerprint, save_model
-from oscar.priors import IndexPriors
-from oscar.provenance import cpu_model
+from oscar.runtime.provenance import environment
+from oscar.store.pretrained import (
+    LoadedModel,
+    load_model,
+    model_on_base,
+    require_fingerprint,
+    save_model,
+)
+from oscar.training.add_level import add_level
+from oscar.training.calibration import calibrate, format_table
 from oscar.training.config import TRAINING_KINDS, StageConfig, TrainConfig
+from oscar.training.data import list_images
 from oscar.training.loop import (
     EMA,
     LoopContext,
@@ -42,6 +51,11 @@ from oscar.training.loop import (
     run_loop,
     validate,
 )
+from oscar.training.stages.decoder import DecoderStage
+from oscar.training.stages.diffusion import DiffusionStage
+from oscar.training.stages.hyper import HyperStage
+from oscar.training.stages.joint import JointStage
+from oscar.training.stages.vae import VAEStage
 
 log = logging.getLogger(__name__)
 DONE_FILE = "done.json"
@@ -51,23 +65,13 @@ def stage_dir(config: TrainConfig, index: int) -> Path:
     return Path(config.output_dir) / f"{index:02d}-{config.stages[index].kind}"
 
 
-def final_model_dir(config: TrainConfig) -> Path:
-    return stage_dir(config, len(config.stages) - 1) / "model"
-
-
 def _hardware(accelerator) -> dict[str, Any]:
-    info = {
+    """How the stage ran: processes and precision; the machine is in ``environment``."""
+    return {
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
-        "cpu": f"{cpu_model()} x{os.cpu_count()}",
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
     }
-    gpu = device_name(accelerator.device)
-    if gpu is not None:
-        info["gpu"] = gpu
-    return info
 
 
 def _input_model(config: TrainConfig, index: int) -> Path | None:
@@ -137,6 +141,7 @@ def run_stage(config: TrainConfig, index: int, resume: bool, max_seconds: float 
         "config": asdict(sc),
         "input_model": str(source) if source else config.model,
         "hardware": _hardware(accelerator),
+        "environment": environment(accelerator.device),
     }
     if sc.kind in TRAINING_KINDS:
         finished = _run_training(ctx, model, priors, record, max_seconds)
@@ -162,11 +167,6 @@ def _close_trackers(accelerator) -> None:
 
 
 def _run_training(ctx: LoopContext, model: OscarModel, priors, record: dict, max_seconds) -> bool:
-    from oscar.training.stage0 import DiffusionStage, VAEStage
-    from oscar.training.stage1 import HyperStage
-    from oscar.training.stage2 import JointStage
-    from oscar.training.stage3 import DecoderStage
-
     kinds = {
         "vae": VAEStage,
         "diffusion": DiffusionStage,
@@ -222,11 +222,8 @@ def _run_tool_stage(ctx: LoopContext, model: OscarModel, priors, record: dict) -
     model.eval()
     if not ctx.is_main:
         return
-    from oscar.training.data import list_images
 
     if sc.kind == "calibrate":
-        from oscar.training.calibration import calibrate, format_table
-
         images = list_images(config.data.validation)[: config.data.max_validation_images]
         levels = None if sc.levels == "all" else list(sc.levels)
         _, rows = calibrate(model, images, levels, device=ctx.device)
@@ -234,10 +231,6 @@ def _run_tool_stage(ctx: LoopContext, model: OscarModel, priors, record: dict) -
         log.info("calibration:\n%s", format_table(rows))
         print(format_table(rows))
     elif sc.kind == "priors":
-        from oscar.codec import OscarCodec
-        from oscar.pretrained import LoadedModel
-        from oscar.prior_fitting import fit_priors
-
         codec = OscarCodec(LoadedModel.from_model(model), device=ctx.device, optimize=False)
         levels = None if sc.levels == "all" else list(sc.levels)
         fitted, reports = fit_priors(codec, list_images(config.data.train), levels)
@@ -246,8 +239,6 @@ def _run_tool_stage(ctx: LoopContext, model: OscarModel, priors, record: dict) -
         priors = fitted
         record["priors"] = [asdict(r) for r in reports]
     elif sc.kind == "add_level":
-        from oscar.training.stage1 import add_level
-
         rate = add_level(model, sc.grid_factor, sc.codebook_size, config.seed)
         record["added_level"] = asdict(rate)
     _save(model, ctx.stage_dir / "model", priors=priors)

@@ -1,0 +1,1 @@
+"""Benchmarking: timing and memory per pipeline stage (``oscar bench``) and its reports."""
