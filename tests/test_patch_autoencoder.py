@@ -144,3 +144,24 @@ def test_pca_init_needs_a_patch_autoencoder():
 
     with pytest.raises(ConfigError, match="vae stage only"):
         StageConfig(kind="hyper", steps=1, pca_init=True)
+
+
+def test_energy_weighting_divides_by_the_per_channel_scale_only():
+    from oscar.training.config import LossConfig
+    from oscar.training.losses import energy_space, global_cosine
+
+    vae = PatchAutoencoder(**{k: v for k, v in TINY_PATCH_VAE.items() if k != "_class_name"})
+    vae.latent_scale.copy_(torch.tensor([0.1, 1.0, 2.0, 4.0, 8.0, 16.0]))
+    y = torch.randn(2, 6, 4, 4)
+    assert torch.allclose(energy_space(vae, y) * vae.latent_scale.view(1, -1, 1, 1), y)
+    # an error on the small-scale (high-energy) channel counts more in the energy space
+    off = y.clone()
+    off[:, 0] += 1.0
+    assert (
+        global_cosine(energy_space(vae, off), energy_space(vae, y)).mean()
+        < global_cosine(off, y).mean()
+    )
+    assert energy_space(object(), y) is y  # a global scale: no change
+    assert LossConfig(latent_weighting="energy").latent_weighting == "energy"
+    with pytest.raises(Exception, match="latent_weighting"):
+        LossConfig(latent_weighting="pixels")

@@ -114,6 +114,9 @@ LOSS_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+LATENT_WEIGHTINGS = ("uniform", "energy")
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Loss weights and forms; which ones a stage reads is listed in its docstring.
@@ -146,6 +149,10 @@ class LossConfig:
     edge_perceptual: float | None = None
     kl: float = 1.0e-6
     cosine: float | None = None
+    # hyper and joint stages: the space of the latent cosine. "uniform": the latent as the UNet
+    # sees it (each channel of a per-channel-scaled autoencoder weighs the same); "energy": the
+    # latent divided by its per-channel scale, so each channel weighs as much as it moves pixels
+    latent_weighting: str = "uniform"
     commitment: float | None = None
     codebook: float | None = None
     adversarial: float | None = None
@@ -156,6 +163,11 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.preset not in LOSS_PRESETS:
             raise ConfigError(f"loss preset must be one of {', '.join(LOSS_PRESETS)}")
+        if self.latent_weighting not in LATENT_WEIGHTINGS:
+            raise ConfigError(
+                f"latent_weighting must be one of {', '.join(LATENT_WEIGHTINGS)}, "
+                f"got {self.latent_weighting!r}"
+            )
         for name, value in LOSS_PRESETS[self.preset].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)

@@ -61,6 +61,15 @@ def alignment_loss(form: str, y_tilde: torch.Tensor, y: torch.Tensor) -> torch.T
     raise ValueError(f"unknown cosine form {form!r}")
 
 
+def energy_space(vae, y: torch.Tensor) -> torch.Tensor:
+    """``y`` divided by the autoencoder's per-channel latent scale, if it has one: there, each
+    channel weighs as much as it moves the pixels (for the block-PCA autoencoder, about its share
+    of the image's energy). A global scale leaves every cosine unchanged, so other autoencoders
+    return ``y`` as it is."""
+    scale = getattr(vae, "latent_scale", None)
+    return y if scale is None else y / scale.to(y.dtype)[None, :, None, None]
+
+
 def sobel_edges(x: torch.Tensor) -> torch.Tensor:
     """Sobel gradient magnitude per channel, (B, C, H, W), zero-padded borders."""
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device)

@@ -20,6 +20,7 @@ from oscar.models.oscar import OscarModel
 from oscar.store.pretrained import LoadedModel
 from oscar.training.data import CropDataset, crop_loader, list_images
 from oscar.training.loop import LoopContext
+from oscar.training.losses import energy_space
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,12 @@ class Stage:
         return self.model
 
     # ------------------------------------------------------------------ helpers
+    def weigh_latent(self, y: torch.Tensor) -> torch.Tensor:
+        """The latent in the space of the stage's latent cosine (``loss.latent_weighting``)."""
+        if self.stage.loss.latent_weighting == "energy":
+            return energy_space(self.model.vae, y)
+        return y
+
     def unwrap(self, module: nn.Module) -> nn.Module:
         return self.ctx.accelerator.unwrap_model(module)
 

@@ -73,8 +73,9 @@ class HyperStage(Stage):
                 outputs = self.gen.module(y)
                 total = 0.0
                 form = "position" if loss_cfg.preset == "paper" else "global"
+                weigh = self.weigh_latent
                 for lv, out in outputs.items():
-                    cos = alignment_loss(form, out.y_tilde, y)
+                    cos = alignment_loss(form, weigh(out.y_tilde), weigh(y))
                     commit = out.commitment_loss
                     total = total + loss_cfg.cosine * cos + loss_cfg.commitment * commit
                     if loss_cfg.codebook:

@@ -167,7 +167,8 @@ class JointStage(Stage):
                 terms = self.terms
                 rec, perc = terms.l1(out.x_hat, x), self.perceptual(out.x_hat, x)
                 edge = terms.edge(self.perceptual, out.x_hat, x)
-                cos = alignment_loss(terms.cosine, out.y_tilde, out.y)
+                weigh = self.weigh_latent
+                cos = alignment_loss(terms.cosine, weigh(out.y_tilde), weigh(out.y))
                 loss = (
                     cfg.l1 * rec
                     + cfg.perceptual * perc
