@@ -145,6 +145,7 @@ def test_shipped_recipes_parse():
     for name in (
         "train_tiny.yaml",
         "train_small.yaml",
+        "train_small_v2.yaml",
         "train_sd21.yaml",
         "train_sd21_paper.yaml",
     ):
@@ -160,6 +161,7 @@ def test_shipped_recipes_parse():
         CONFIGS / "train_small_refine.yaml",
         CONFIGS / "train_small_decoder.yaml",
         ROOT / "benchmarks" / "experiments" / "train_small_light_decoder.yaml",
+        ROOT / "benchmarks" / "experiments" / "train_small_v2_energy_hyper.yaml",
         CONFIGS / "train_small_fast_decoder.yaml",
     ):
         name = path.name
