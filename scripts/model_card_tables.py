@@ -43,9 +43,16 @@ def training_table(run: Path) -> str:
         val = ", ".join(
             f"{k.split('/')[-1]} {v:.4g}" for k, v in (d.get("validation") or {}).items()
         )
-        hardware = f"{hw.get('processes', '?')}× {hw.get('cpu') or hw.get('device', '?')}"
-        if hw.get("torch_threads"):
-            hardware += f", {hw['torch_threads']} threads"
+        # the machine: in ``hardware`` in older records, in ``environment`` since training
+        # shares the environment record of bench and eval
+        machine = d.get("environment", {}).get("machine", {})
+        cpu = hw.get("cpu") or (
+            f"{machine['cpu']} x{machine['logical_cpus']}" if machine.get("cpu") else None
+        )
+        hardware = f"{hw.get('processes', '?')}× {cpu or hw.get('device', '?')}"
+        threads = hw.get("torch_threads") or machine.get("torch_threads")
+        if threads:
+            hardware += f", {threads} threads"
         steps = d.get("steps", "–")
         batch = cfg.get("batch_size", "–") if d["stage"] not in ("calibrate", "priors") else "–"
         minutes = d.get("wall_seconds", 0) / 60
