@@ -106,7 +106,7 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         if self.downscaled not in DOWNSCALED:
-            raise ValueError(f"downscaled must be one of {DOWNSCALED}, not {self.downscaled!r}")
+            raise ConfigError(f"downscaled must be one of {DOWNSCALED}, not {self.downscaled!r}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; use one of {PROTOCOLS}")
 
