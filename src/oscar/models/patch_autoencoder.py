@@ -148,20 +148,21 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
         # classes looks for; here the projections themselves are the 1×1 convolutions.
         self.quant_conv = self.post_quant_conv = None
 
-    def _scale(self, like: torch.Tensor) -> torch.Tensor:
+    def channel_scale(self, like: torch.Tensor) -> torch.Tensor:
+        """``latent_scale`` shaped (1, C, 1, 1) in ``like``'s dtype: latent = unscaled · this."""
         return self.latent_scale.to(like.dtype)[None, :, None, None]
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """x (B,3,H,W) in [-1,1], sides divisible by patch_size → latent (B,C,H/8,W/8)."""
         blocks = F.pixel_unshuffle(x, self.config.patch_size)
-        y = self.encoder(blocks) * self._scale(blocks)
+        y = self.encoder(blocks) * self.channel_scale(blocks)
         # A deterministic "posterior": mean = y, std = 0, KL = 0 (diffusers' own class).
         posterior = DiagonalGaussianDistribution(torch.cat([y, torch.zeros_like(y)], 1), True)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def decode(self, y: torch.Tensor, return_dict: bool = True):
         """Latent (B,C,h,w) → image (B,3,8h,8w), unclamped."""
-        x = self.decoder(y / self._scale(y))
+        x = self.decoder(y / self.channel_scale(y))
         return DecoderOutput(sample=x) if return_dict else (x,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -66,8 +66,8 @@ def energy_space(vae, y: torch.Tensor) -> torch.Tensor:
     channel weighs as much as it moves the pixels (for the block-PCA autoencoder, about its share
     of the image's energy). A global scale leaves every cosine unchanged, so other autoencoders
     return ``y`` as it is."""
-    scale = getattr(vae, "latent_scale", None)
-    return y if scale is None else y / scale.to(y.dtype)[None, :, None, None]
+    channel_scale = getattr(vae, "channel_scale", None)
+    return y if channel_scale is None else y / channel_scale(y)
 
 
 def sobel_edges(x: torch.Tensor) -> torch.Tensor:
