@@ -8,8 +8,8 @@ baselines, matched per image, and `--downscaled always`). Prints markdown tables
 1. per level: mean measured bpp and PSNR of both models, the PSNR gain, MS-SSIM, and the largest
    colour shift (channel-mean error, 8-bit levels) over the images;
 2. per level: on how many images our file wins on MS-SSIM against each classical codec at full
-   size and 2x / 4x down-scaled (a win: MS-SSIM at least as good and a file no larger, as in the
-   report's head-to-head table), and against all of them at once.
+   size and 2x / 4x down-scaled (a win as the report's head-to-head table counts it: MS-SSIM at
+   least as good and a file no larger), and against all of them at once.
 
 Targets (exit 1 with --check when one is missed): at every level a PSNR gain of at least 3 dB at
 an equal or lower mean bpp; PSNR and MS-SSIM rising with the level; no image with a colour shift
@@ -24,32 +24,31 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from oscar.evaluation.head_to_head import head_to_head, outcome
+from oscar.evaluation.records import ImageRecord
+
 MIN_GAIN_DB = 3.0
 MAX_COLOUR_SHIFT = 4.0
 COLOUR_LEVELS = range(3, 8)
 WIN_LEVELS = range(0, 4)
 
 
-def load(folder: Path) -> list[dict]:
-    return json.loads((folder / "per_image.json").read_text())
+def load(folder: Path) -> list[ImageRecord]:
+    data = json.loads((folder / "per_image.json").read_text())
+    return [ImageRecord.from_dict(r) for r in data]
 
 
-def ours_by_level(records: list[dict]) -> dict[int, dict[str, dict]]:
-    out: dict[int, dict[str, dict]] = defaultdict(dict)
+def ours_by_level(records: list[ImageRecord]) -> dict[int, dict[str, ImageRecord]]:
+    out: dict[int, dict[str, ImageRecord]] = defaultdict(dict)
     for r in records:
-        if r["codec"] == "oscar":
-            out[r["level"]][r["image"]] = r
+        if r.kind == "oscar":
+            out[r.level][r.image] = r
     return out
 
 
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
-
-
-def wins(mine: dict, theirs: dict) -> bool:
-    a, b = mine["metrics"]["ms_ssim"], theirs["metrics"]["ms_ssim"]
-    return a >= b and mine["bytes"] <= theirs["bytes"]
 
 
 def main(argv=None) -> int:
@@ -74,11 +73,11 @@ def main(argv=None) -> int:
             print(f"level {level}: the two evaluations cover different images", file=sys.stderr)
             return 2
         n, o = new[level], old[level]
-        bpp_n, bpp_o = mean(n[i]["bpp"] for i in images), mean(o[i]["bpp"] for i in images)
-        psnr_n = mean(n[i]["metrics"]["psnr"] for i in images)
-        psnr_o = mean(o[i]["metrics"]["psnr"] for i in images)
-        msssim = mean(n[i]["metrics"]["ms_ssim"] for i in images)
-        shift, worst = max((n[i]["metrics"]["colour_shift"], i) for i in images)
+        bpp_n, bpp_o = mean(n[i].bpp for i in images), mean(o[i].bpp for i in images)
+        psnr_n = mean(n[i].metrics["psnr"] for i in images)
+        psnr_o = mean(o[i].metrics["psnr"] for i in images)
+        msssim = mean(n[i].metrics["ms_ssim"] for i in images)
+        shift, worst = max((n[i].metrics["colour_shift"], i) for i in images)
         gain = psnr_n - psnr_o
         print(
             f"| {level} | {bpp_o:.4f} | {psnr_o:.2f} | {bpp_n:.4f} | {psnr_n:.2f} | {gain:+.2f} "
@@ -91,17 +90,23 @@ def main(argv=None) -> int:
         previous = (psnr_n, msssim)
         if level in COLOUR_LEVELS:
             for i in images:
-                if n[i]["metrics"]["colour_shift"] > MAX_COLOUR_SHIFT:
+                if n[i].metrics["colour_shift"] > MAX_COLOUR_SHIFT:
                     missed.append(
-                        f"level {level}: colour shift {n[i]['metrics']['colour_shift']:.2f} on {i}"
+                        f"level {level}: colour shift {n[i].metrics['colour_shift']:.2f} on {i}"
                     )
 
-    matched = defaultdict(list)  # (level, image) -> baseline records
-    for r in new_records:
-        if r["kind"] == "matched":
-            matched[(r["level"], r["image"])].append(r)
-    codecs = sorted({r["codec"] for rs in matched.values() for r in rs})
+    # Wins as the report's head-to-head table counts them (oscar.evaluation.head_to_head).
+    counts = {
+        (row.level, row.codec): row
+        for row in head_to_head(new_records, ["ms_ssim"])
+        if row.level in WIN_LEVELS
+    }
+    codecs = sorted({codec for _, codec in counts})
     if codecs:
+        matched = defaultdict(list)  # (level, image) -> baseline records
+        for r in new_records:
+            if r.kind == "matched":
+                matched[(r.level, r.image)].append(r)
         print()
         print("MS-SSIM wins (images where our file wins / images), per classical codec:")
         print()
@@ -110,19 +115,17 @@ def main(argv=None) -> int:
         for level in WIN_LEVELS:
             if level not in new:
                 continue
-            images = sorted(new[level])
-            cells = []
-            for codec in codecs:
-                pairs = [
-                    (new[level][i], r)
-                    for i in images
-                    for r in matched[(level, i)]
-                    if r["codec"] == codec
-                ]
-                won = sum(wins(a, b) for a, b in pairs)
-                cells.append(f"{won}/{len(pairs)}" if pairs else "–")
-            every = sum(all(wins(new[level][i], r) for r in matched[(level, i)]) for i in images)
-            print(f"| {level} | " + " | ".join(cells) + f" | {every}/{len(images)} |")
+            cells = [
+                f"{counts[level, c].wins}/{counts[level, c].images}"
+                if (level, c) in counts
+                else "–"
+                for c in codecs
+            ]
+            every = sum(
+                all(outcome(ours, r, "ms_ssim") == "win" for r in matched[(level, image)])
+                for image, ours in new[level].items()
+            )
+            print(f"| {level} | " + " | ".join(cells) + f" | {every}/{len(new[level])} |")
 
     print()
     if missed:
