@@ -146,31 +146,35 @@ def run_eval(args: argparse.Namespace) -> int:
     check_eval_extras(args)
     levels = check_eval_args(args)
     # lazy: torch and diffusers load only when the command runs, not for --help or usage errors
+    from oscar.evaluation.runner import EvalOptions
     from oscar.evaluation.session import EvalRequest, run_evaluation
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.fid_whole and "fid_whole" not in metrics:
         metrics.append("fid_whole")
+    options = EvalOptions(
+        levels=None if levels is None else tuple(levels),
+        sweep=not args.no_sweep,
+        downscaled=args.downscaled,
+        crops=args.crops,
+        crop_size=args.crop_size,
+        max_images=args.max_images,
+        steps=args.steps,
+        protocol=args.protocol,
+    )
     request = EvalRequest(
         data=args.data,
         output=Path(args.output),
-        levels=levels,
         baselines=args.baselines,
         metrics=metrics,
+        options=options,
         anchor=args.anchor,
         weights_dir=args.weights_dir,
         fid_patch=args.fid_patch,
         fid_shifted=not args.fid_no_shift,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
-        sweep=not args.no_sweep,
-        downscaled=args.downscaled,
-        crops=args.crops,
-        crop_size=args.crop_size,
-        max_images=args.max_images,
         published=args.published,
-        protocol=args.protocol,
-        steps=args.steps,
         force=args.force,
     )
 

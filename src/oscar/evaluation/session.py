@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -43,23 +43,16 @@ class EvalRequest:
 
     data: Sequence[str]
     output: Path
-    levels: Sequence[int] | None  # None: every level of the model
     baselines: str
     metrics: Sequence[str]
+    options: EvalOptions = field(default_factory=EvalOptions)  # levels, sweeps, crops, …
     anchor: str | None = None
     weights_dir: str | None = None
     fid_patch: int = 256
     fid_shifted: bool = True
     kid_subsets: int = 100
     kid_subset_size: int = 1000
-    sweep: bool = True
-    downscaled: str = "floor"
-    crops: int = 3
-    crop_size: int = 192
-    max_images: int | None = None
     published: str | None = None
-    protocol: str = "ours"
-    steps: int = 1
     force: bool = False
 
 
@@ -108,15 +101,17 @@ def run_evaluation(
     baselines = get_baselines(request.baselines)
     metrics = list(request.metrics)
     published = read_published(request.published) if request.published else []
-    images = list_images(request.data, request.max_images)
+    images = list_images(request.data, request.options.max_images)
     if not images:
         raise ConfigError("no images found in " + ", ".join(request.data))
     if shard_device is not None and is_accelerator(shard_device) and device == "auto":
         device = str(shard_device)
     codec = load_codec(device)
-    levels = tuple(request.levels or codec.model.config.level_numbers)
-    for level in levels:  # before any work: a level whose timestep cannot hold the steps
-        codec.check_steps(request.steps, level)
+    options = replace(
+        request.options, levels=tuple(request.options.levels or codec.model.config.level_numbers)
+    )
+    for level in options.levels:  # before any work: a level whose timestep cannot hold the steps
+        codec.check_steps(options.steps, level)
     anchor = request.anchor or (baselines[0].name if baselines else "oscar")
     suite = MetricSuite(
         metrics,
@@ -130,15 +125,6 @@ def run_evaluation(
     if index == 0:
         for line in suite.skip_lines():
             notice(line)
-    options = EvalOptions(
-        levels=levels,
-        sweep=request.sweep,
-        downscaled=request.downscaled,
-        crops=request.crops,
-        crop_size=request.crop_size,
-        steps=request.steps,
-        protocol=request.protocol,
-    )
     part = evaluate_images(codec, images, baselines, suite, options, Shard(index, count))
     if count > 1:
         save_partial(part, out / "shards" / f"part-{index:03d}")
@@ -151,18 +137,18 @@ def run_evaluation(
     result = finalize(parts, suite)
     shown = [m for m in metrics if m not in suite.skipped]
     bd = bd_rates(result.aggregates, anchor, shown)
-    steps = request.steps
+    steps = options.steps
     info = {
         "data": ", ".join(request.data),
         "images": len(images),
         "model": str(codec.loaded.directory),
         "model fingerprint": codec.fingerprint.hex(),
-        "levels": ", ".join(map(str, levels)),
-        "protocol": request.protocol,
+        "levels": ", ".join(map(str, options.levels)),
+        "protocol": options.protocol,
         "encoder effort": str(codec.effort),
         "decoding steps": f"{steps} ({'one-step decoder' if steps == 1 else 'DDIM'})",
         "baselines": ", ".join(f"{b.name} ({b.options})" for b in baselines) or "none",
-        "down-scaled baselines": f"2x and 4x, {request.downscaled}",
+        "down-scaled baselines": f"2x and 4x, {options.downscaled}",
         "FID/KID protocol": f"{request.fid_patch}px patches"
         + (" + half-patch-shifted grid" if request.fid_shifted else "")
         + ", resized to 299, pytorch-fid Inception pool3",
