@@ -21,6 +21,7 @@ from PIL import Image
 from oscar.evaluation.metrics import psnr
 from oscar.io import image_to_tensor, tensor_to_image
 from oscar.store.pretrained import load_model
+from oscar.training.losses import energy_space, global_cosine
 
 IMAGES = (
     "gcompris_explore_farm_animals_resource_animals_cat",
@@ -32,15 +33,9 @@ LEVELS = (0, 1, 3, 5, 7)
 SIDE = 320
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
-
-
 @torch.no_grad()
 def measure(model_dir: str, heldout: Path) -> dict[int, np.ndarray]:
     model = load_model(model_dir).model.eval()
-    scale = getattr(model.vae, "latent_scale", None)
-    scale = torch.ones(1) if scale is None else scale.view(1, -1, 1, 1)
     rows: dict[int, list] = {lv: [] for lv in LEVELS}
     for name in IMAGES:
         rgb = np.asarray(Image.open(heldout / f"{name}.jpg").convert("RGB"))[:SIDE, :SIDE]
@@ -50,7 +45,11 @@ def measure(model_dir: str, heldout: Path) -> dict[int, np.ndarray]:
             z = model.to_noisy_latent(model.hyper_coder(lv)(y).y_tilde, codes)
             err0 = float(((z - y)[:, 0] ** 2).mean() / (y[:, 0] ** 2).mean())
             rec = tensor_to_image(model.decode_latent(z))
-            rows[lv].append((err0, cosine(z, y), cosine(z / scale, y / scale), psnr(rgb, rec)))
+            cosines = (
+                float(global_cosine(z, y)[0]),
+                float(global_cosine(energy_space(model.vae, z), energy_space(model.vae, y))[0]),
+            )
+            rows[lv].append((err0, *cosines, psnr(rgb, rec)))
     return {lv: np.mean(r, axis=0) for lv, r in rows.items()}
 
 
