@@ -165,3 +165,97 @@ def test_energy_weighting_divides_by_the_per_channel_scale_only():
     assert LossConfig(latent_weighting="energy").latent_weighting == "energy"
     with pytest.raises(Exception, match="latent_weighting"):
         LossConfig(latent_weighting="pixels")
+
+
+def test_vae_finish_with_a_global_scale_keeps_each_channel_s_energy(tmp_path):
+    """latent_scale: global → one factor for every channel, unit variance over all of them,
+    the block means (channel 0) far above the finest component; decoding is unchanged."""
+    from oscar.training.config import TrainConfig
+    from oscar.training.loop import LoopContext, make_accelerator
+    from oscar.training.stages.vae import VAEStage
+
+    train = tmp_path / "train"
+    train.mkdir()
+    for i in range(4):
+        Image.fromarray(make_image(96, 96, seed=i)).save(train / f"{i}.png")
+    config = TrainConfig.from_dict(
+        {
+            "model": str(CONFIGS / "tiny.json"),
+            "output_dir": str(tmp_path / "run"),
+            "data": {"train": [str(train)], "patch_size": 64, "num_workers": 0},
+            "stages": [{"kind": "vae", "steps": 1, "pca_init": True, "latent_scale": "global"}],
+        }
+    )
+    ctx = LoopContext(
+        config, config.stages[0], tmp_path / "s", make_accelerator(config, tmp_path / "s")
+    )
+    torch.manual_seed(0)
+    stage = VAEStage(ctx, OscarModel(tiny_patch_config()))
+    stage.setup()
+    vae = stage.model.vae
+    x = image_to_tensor(make_image(64, 64, seed=11))
+    with torch.no_grad():
+        before = vae(x)
+    stage.finish()
+    scale = vae.latent_scale
+    assert torch.all(scale == scale[0]), scale
+    with torch.no_grad():
+        torch.testing.assert_close(vae(x), before, atol=1e-4, rtol=0)
+    stage.start_data(10**6, shard=False)
+    y = torch.cat([vae.encode(b).latent_dist.mean for b in stage.micro_batches()]).detach()
+    std = y.transpose(0, 1).flatten(1).std(dim=1)
+    assert 0.8 < float(std.square().mean().sqrt()) < 1.25, std
+    assert float(std[0]) > 3 * float(std[-1]), std
+
+
+def test_latent_scale_is_for_the_vae_stage_only():
+    from oscar.errors import ConfigError
+    from oscar.training.config import StageConfig
+
+    with pytest.raises(ConfigError, match="vae stage only"):
+        StageConfig(kind="hyper", steps=1, latent_scale="global")
+    with pytest.raises(ConfigError, match="latent_scale"):
+        StageConfig(kind="vae", steps=1, latent_scale="per-image")
+
+
+def test_global_rescale_sizes_the_whole_latent_and_leaves_weak_channels_weak():
+    from oscar.models.norms import rescale_channels, rescale_global
+
+    y_tilde = torch.randn(2, 6, 8, 8)
+    y_tilde[:, 5] *= 1e-3  # a channel the hyper-coder left near zero
+    target = torch.tensor([[4.0, 1.0, 1.0, 0.5, 0.5, 0.2]] * 2)
+    z = rescale_global(y_tilde, target)
+    total = z.square().mean(dim=(1, 2, 3)).sqrt()
+    torch.testing.assert_close(total, target.square().mean(1).sqrt(), rtol=1e-4, atol=0)
+    assert float(z[:, 5].square().mean().sqrt()) < 0.01
+    # one gain per image: directions unchanged
+    gain = z.flatten(1) / y_tilde.flatten(1)
+    torch.testing.assert_close(gain, gain[:, :1].expand_as(gain))
+    # per channel, the weak channel is blown up to its full RMS
+    assert float(rescale_channels(y_tilde, target)[:, 5].square().mean().sqrt()) > 0.19
+
+
+def test_latent_rescale_setting_round_trips_and_changes_the_fingerprint(tmp_path):
+    from oscar.errors import ConfigError
+
+    config = tiny_patch_config()
+    assert "latent_rescale" not in config.to_dict()  # older models keep their oscar.json
+    data = {**config.to_dict(), "latent_rescale": "global"}
+    glob = ModelConfig.from_dict(data)
+    assert ModelConfig.from_dict(glob.to_dict()).latent_rescale == "global"
+    with pytest.raises(ConfigError, match="latent_rescale"):
+        ModelConfig.from_dict({**data, "latent_rescale": "none"})
+    torch.manual_seed(0)
+    model = OscarModel(glob).eval()
+    save_model(model, tmp_path / "g")
+    loaded = load_model(tmp_path / "g")
+    assert loaded.model.config.latent_rescale == "global"
+    y_tilde = torch.randn(1, 6, 4, 4)
+    codes = loaded.model.side_info(torch.randn(1, 6, 4, 4))
+    from oscar.models.norms import dequantize_rms, rescale_global
+
+    torch.testing.assert_close(
+        loaded.model.to_noisy_latent(y_tilde, codes), rescale_global(y_tilde, dequantize_rms(codes))
+    )
+    save_model(OscarModel(config).eval(), tmp_path / "c")
+    assert load_model(tmp_path / "c").fingerprint != loaded.fingerprint

@@ -175,6 +175,9 @@ def level_to_dict(level: RateLevel) -> dict[str, Any]:
     return asdict(level)
 
 
+LATENT_RESCALES = ("channel", "global")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to build an OSCAR model with random weights.
@@ -183,6 +186,10 @@ class ModelConfig:
     unchanged. ``base_model`` names a local diffusers folder whose ``vae/``, ``unet/`` and
     ``scheduler/`` replace the model directory's own (used for Stable Diffusion 2.1).
     ``vae_decoder`` replaces the decoder AutoencoderKL builds from ``vae`` (None: keep it).
+    ``latent_rescale`` says how the decoder sizes the coarse latent from the transmitted
+    per-channel RMS (oscar.models.norms): ``"channel"`` each channel to its own RMS,
+    ``"global"`` the whole latent by one gain to their total, for latents whose channels differ
+    in energy (a PatchAutoencoder with one latent scale for all channels).
     """
 
     name: str
@@ -195,9 +202,15 @@ class ModelConfig:
     lora: LoraSettings | None = None
     base_model: str | None = None
     vae_decoder: VaeDecoderConfig | None = None
+    latent_rescale: str = "channel"
 
     def __post_init__(self) -> None:
         validate_ladder(self.levels)
+        if self.latent_rescale not in LATENT_RESCALES:
+            raise ConfigError(
+                f"latent_rescale must be one of {', '.join(LATENT_RESCALES)}, "
+                f"got {self.latent_rescale!r}"
+            )
         if isinstance(self.prompt_length, bool) or not isinstance(self.prompt_length, int):
             raise ConfigError(f"prompt_length must be an integer, got {self.prompt_length!r}")
         if self.prompt_length < 1:
@@ -284,6 +297,8 @@ class ModelConfig:
         # Only when set: models without it keep their oscar.json and their fingerprint.
         if self.vae_decoder is not None:
             data["vae_decoder"] = self.vae_decoder.to_dict()
+        if self.latent_rescale != "channel":
+            data["latent_rescale"] = self.latent_rescale
         return data
 
     @classmethod

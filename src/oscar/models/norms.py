@@ -1,7 +1,8 @@
 """Per-channel norm rescaling and its side information (docs/method.md §1, "Norm rescaling").
 
 The decoder rescales each channel of y_tilde to the size of the same channel of the true latent
-y. The original release used y's norms at decode time without transmitting them
+y (or, with the model setting ``latent_rescale: "global"``, the whole of y_tilde by one gain to
+y's total size). The original release used y's norms at decode time without transmitting them
 (docs/method.md §6.2); we transmit them.
 
 What is sent: the per-channel RMS (L2 norm over positions / √positions), which, unlike the raw
@@ -41,6 +42,15 @@ def quantize_rms(rms: torch.Tensor) -> torch.Tensor:
 def dequantize_rms(codes: torch.Tensor) -> torch.Tensor:
     """(B, C) uint8 codes → (B, C) float32 RMS."""
     return torch.exp2(LOG2_MIN + codes.double() * STEP).to(torch.float32)
+
+
+def rescale_global(y_tilde: torch.Tensor, target_rms: torch.Tensor) -> torch.Tensor:
+    """Scale y_tilde (B, C, H, W) by one gain per image so its RMS over all channels equals
+    that of target_rms (B, C). Channels y_tilde leaves near zero stay near zero, where
+    :func:`rescale_channels` would blow them up to full size."""
+    current = channel_rms(y_tilde).square().mean(1).sqrt().clamp_min(1e-6)
+    target = target_rms.to(current.device).square().mean(1).sqrt()
+    return y_tilde * (target / current).to(y_tilde.dtype)[:, None, None, None]
 
 
 def rescale_channels(y_tilde: torch.Tensor, target_rms: torch.Tensor) -> torch.Tensor:

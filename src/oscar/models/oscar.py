@@ -21,7 +21,13 @@ from torch import nn
 
 from oscar.config import ModelConfig
 from oscar.models.hyper import HyperCoder, HyperOutput
-from oscar.models.norms import channel_rms, dequantize_rms, quantize_rms, rescale_channels
+from oscar.models.norms import (
+    channel_rms,
+    dequantize_rms,
+    quantize_rms,
+    rescale_channels,
+    rescale_global,
+)
 from oscar.models.schedule import (
     NoiseSchedule,
     ddim_step,
@@ -131,7 +137,8 @@ class OscarModel(nn.Module):
 
     def to_noisy_latent(self, y_tilde: torch.Tensor, rms_codes: torch.Tensor) -> torch.Tensor:
         """Rescale y_tilde to the transmitted channel RMS: z_t, read as a noisy latent at t_L."""
-        return rescale_channels(y_tilde, dequantize_rms(rms_codes))
+        rescale = rescale_global if self.config.latent_rescale == "global" else rescale_channels
+        return rescale(y_tilde, dequantize_rms(rms_codes))
 
     def prompt(self, batch: int) -> torch.Tensor:
         return self.prompt_embedding.unsqueeze(0).expand(batch, -1, -1)

@@ -218,6 +218,10 @@ class StageConfig:
     dead_code_interval: int = 100
     # vae with a PatchAutoencoder only: start the linear path at the block PCA of training crops
     pca_init: bool = False
+    # vae with a PatchAutoencoder only: "channel" gives every latent channel unit variance;
+    # "global" one factor for all, so the channels keep their pixel energy (and the latent its
+    # unit variance overall); pair it with the model's latent_rescale: "global"
+    latent_scale: Literal["channel", "global"] = "channel"
     # decoder only: share of steps that decode the encoder's latents (the rest: codec latents)
     clean_latent_fraction: float = 0.5
     # decoder only: a new decoder architecture (oscar.config.VaeDecoderConfig) trained from the
@@ -269,6 +273,12 @@ class StageConfig:
             raise ConfigError(f"stage {self.kind}: distill is for the decoder stage only")
         if self.pca_init and self.kind != "vae":
             raise ConfigError(f"stage {self.kind}: pca_init is for the vae stage only")
+        if self.latent_scale not in ("channel", "global"):
+            raise ConfigError(
+                f"latent_scale must be 'channel' or 'global', got {self.latent_scale!r}"
+            )
+        if self.latent_scale != "channel" and self.kind != "vae":
+            raise ConfigError(f"stage {self.kind}: latent_scale is for the vae stage only")
         if self.latent_shift < 0 or self.latent_log_scale < 0:
             raise ConfigError("latent_shift and latent_log_scale must be >= 0")
         if (self.latent_shift or self.latent_log_scale) and not self.distill:

@@ -4,7 +4,8 @@ Losses: ``l1``·L1 + ``mse``·MSE + ``lowpass``·L1 of 8×8 block means + ``perc
 + ``kl``·KL + ``adversarial``·hinge (PatchGAN, from step ``adversarial_start``); a weight of 0
 skips its term. At the end the latent scaling factor is set to 1/std of the posterior means over
 training crops, so scaled latents have unit variance (as SD's 0.18215 does); a PatchAutoencoder
-gets one factor per channel instead. With ``pca_init`` a PatchAutoencoder starts at the block PCA
+gets one factor per channel instead, or with ``latent_scale: global`` one factor for all its
+channels, so each keeps its share of the pixel energy. With ``pca_init`` a PatchAutoencoder starts at the block PCA
 of training crops (oscar.models.patch_autoencoder).
 """
 
@@ -141,12 +142,17 @@ class VAEStage(Stage):
         self.start_data(10**6, shard=False)
         means = [vae.encode(x).latent_dist.mean for _ in range(8) for x in self.micro_batches()]
         if isinstance(vae, PatchAutoencoder):
-            # One factor per channel (its latents are already scaled by the current ones).
-            std = torch.cat(means).float().transpose(0, 1).flatten(1).std(dim=1)
-            vae.latent_scale.div_(std.clamp_min(1e-6).to(vae.latent_scale))
+            # Per channel, on the unscaled latents (the current factors divided out).
+            unscaled = torch.cat(means).float() / vae.channel_scale(means[0]).float()
+            std = unscaled.transpose(0, 1).flatten(1).std(dim=1).clamp_min(1e-6)
+            if self.stage.latent_scale == "global":
+                # One factor: unit variance over all channels, each keeping its energy.
+                std = std.square().mean().sqrt().expand_as(std)
+            vae.latent_scale.copy_(std.reciprocal().to(vae.latent_scale))
             log.info(
-                "latent std per channel %s: latent_scale refitted",
+                "latent std per channel %s: latent_scale refitted (%s)",
                 [round(float(v), 3) for v in std],
+                self.stage.latent_scale,
             )
             return self.model
         std = float(torch.cat([m.flatten() for m in means]).float().std())
