@@ -71,3 +71,14 @@ def test_cli_uses_the_embedded_model_by_default(tmp_path, codec):
     # The file is tied to this model by its fingerprint.
     assert (tmp_path / "a.oscar").read_bytes()[6:10] == codec.fingerprint
     assert main(["info", str(tmp_path / "a.oscar"), "--json"]) == 0
+
+
+def test_files_made_with_version_1_fail_with_the_fingerprint_error(tmp_path, capsys):
+    """A file the first embedded model (fingerprint bb2087d1) wrote: one line, no output file."""
+    made_with_v1 = Path(__file__).parent / "data" / "made-with-small-v1.oscar"
+    assert made_with_v1.read_bytes()[6:10].hex() == "bb2087d1"
+    out = tmp_path / "out.png"
+    assert main(["decompress", str(made_with_v1), "-o", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bb2087d1" in err, err
+    assert not out.exists()

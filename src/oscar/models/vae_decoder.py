@@ -11,8 +11,9 @@ diffusers' code, so the inference adjustments of ``oscar.models.inference`` appl
 The VAE stays an ``AutoencoderKL`` (its ``encode``/``decode`` and the ``post_quant_conv`` are
 used as they are); only ``vae.decoder`` is another module. Its weights are stored under the
 same ``decoder.`` names in ``vae/``; ``oscar.json`` says which architecture they belong to.
-The embedded model uses one since fingerprint bb2087d1 (configs/train_small_fast_decoder.yaml;
-benchmarks/experiments/train_small_light_decoder.yaml was an earlier, lighter try, not shipped).
+Version 1 of the embedded model used one from fingerprint bb2087d1 on
+(configs/train_small_fast_decoder.yaml; benchmarks/experiments/train_small_light_decoder.yaml was
+an earlier, lighter try, not shipped); version 2's block-PCA autoencoder has its own decoder.
 """
 
 from __future__ import annotations
