@@ -190,10 +190,15 @@ def targets_table(docs: dict[str, dict | None], others: dict[str, dict[str, dict
         peak = decode_peak(four_k)
         label = "peak memory, 3840×2160 decode (process RSS, decoding alone)"
         rows.append([label, "< 6 GB", f"{peak * 2**20 / 1e9:.2f} GB", _ok(peak < MEMORY_LIMIT_MB)])
+    own_model = (main or {}).get("model", {}).get("fingerprint")
     for name, groups in others.items():
-        ratio = steps_ratio(find(groups["main"], *TARGET_SIZE))
+        other = find(groups["main"], *TARGET_SIZE)
+        ratio = steps_ratio(other)
         if ratio is not None:
-            label = f"(another machine, `{name}`) the same ratio, 768×512, same model"
+            # Other machines' rows are kept across model changes: say which model they timed.
+            theirs = (other or {}).get("model", {}).get("fingerprint")
+            model = "same model" if theirs == own_model else f"model {theirs}"
+            label = f"(another machine, `{name}`) the same ratio, 768×512, {model}"
             rows.append([label, "≥ 10×", f"{ratio:.1f}×", _ok(ratio >= 10)])
     ratio = steps_ratio(find(docs.get("steps-1080p"), 1920, 1080))
     if ratio is not None:
