@@ -40,6 +40,33 @@ def tiny_patch_config() -> ModelConfig:
     return ModelConfig.from_dict(data)
 
 
+def patch_vae_stage(tmp_path, stage: dict):
+    """A set-up ``vae`` stage of the tiny block-PCA model on four 96×96 training images."""
+    from oscar.training.config import TrainConfig
+    from oscar.training.loop import LoopContext, make_accelerator
+    from oscar.training.stages.vae import VAEStage
+
+    train = tmp_path / "train"
+    train.mkdir()
+    for i in range(4):
+        Image.fromarray(make_image(96, 96, seed=i)).save(train / f"{i}.png")
+    config = TrainConfig.from_dict(
+        {
+            "model": str(CONFIGS / "tiny.json"),
+            "output_dir": str(tmp_path / "run"),
+            "data": {"train": [str(train)], "patch_size": 64, "num_workers": 0},
+            "stages": [stage],
+        }
+    )
+    ctx = LoopContext(
+        config, config.stages[0], tmp_path / "s", make_accelerator(config, tmp_path / "s")
+    )
+    torch.manual_seed(0)
+    vae_stage = VAEStage(ctx, OscarModel(tiny_patch_config()))
+    vae_stage.setup()
+    return vae_stage
+
+
 def images(count: int = 3) -> list[torch.Tensor]:
     return [image_to_tensor(make_image(64, 96, seed=s)) for s in range(count)]
 
@@ -87,37 +114,17 @@ def test_model_with_a_wide_latent_codes_version_2_files(tmp_path):
 
 
 def test_vae_stage_starts_at_the_pca_floor_and_improves_on_it(tmp_path):
-    from oscar.training.config import TrainConfig
-    from oscar.training.loop import LoopContext, make_accelerator
-    from oscar.training.stages.vae import VAEStage
-
-    train = tmp_path / "train"
-    train.mkdir()
-    for i in range(4):
-        Image.fromarray(make_image(96, 96, seed=i)).save(train / f"{i}.png")
-    config = TrainConfig.from_dict(
+    stage = patch_vae_stage(
+        tmp_path,
         {
-            "model": str(CONFIGS / "tiny.json"),
-            "output_dir": str(tmp_path / "run"),
-            "data": {"train": [str(train)], "patch_size": 64, "num_workers": 0},
-            "stages": [
-                {
-                    "kind": "vae",
-                    "steps": 30,
-                    "batch_size": 2,
-                    "lr": 3e-3,
-                    "pca_init": True,
-                    "loss": {"mse": 1.0, "lowpass": 1.0, "perceptual": 0.0, "adversarial": 0.0},
-                }
-            ],
-        }
+            "kind": "vae",
+            "steps": 30,
+            "batch_size": 2,
+            "lr": 3e-3,
+            "pca_init": True,
+            "loss": {"mse": 1.0, "lowpass": 1.0, "perceptual": 0.0, "adversarial": 0.0},
+        },
     )
-    ctx = LoopContext(
-        config, config.stages[0], tmp_path / "s", make_accelerator(config, tmp_path / "s")
-    )
-    torch.manual_seed(0)
-    stage = VAEStage(ctx, OscarModel(tiny_patch_config()))
-    stage.setup()
     stage.start_data(0)
     fixed = stage.micro_batches()
     stage.micro_batches = lambda: fixed
@@ -170,28 +177,9 @@ def test_energy_weighting_divides_by_the_per_channel_scale_only():
 def test_vae_finish_with_a_global_scale_keeps_each_channel_s_energy(tmp_path):
     """latent_scale: global → one factor for every channel, unit variance over all of them,
     the block means (channel 0) far above the finest component; decoding is unchanged."""
-    from oscar.training.config import TrainConfig
-    from oscar.training.loop import LoopContext, make_accelerator
-    from oscar.training.stages.vae import VAEStage
-
-    train = tmp_path / "train"
-    train.mkdir()
-    for i in range(4):
-        Image.fromarray(make_image(96, 96, seed=i)).save(train / f"{i}.png")
-    config = TrainConfig.from_dict(
-        {
-            "model": str(CONFIGS / "tiny.json"),
-            "output_dir": str(tmp_path / "run"),
-            "data": {"train": [str(train)], "patch_size": 64, "num_workers": 0},
-            "stages": [{"kind": "vae", "steps": 1, "pca_init": True, "latent_scale": "global"}],
-        }
+    stage = patch_vae_stage(
+        tmp_path, {"kind": "vae", "steps": 1, "pca_init": True, "latent_scale": "global"}
     )
-    ctx = LoopContext(
-        config, config.stages[0], tmp_path / "s", make_accelerator(config, tmp_path / "s")
-    )
-    torch.manual_seed(0)
-    stage = VAEStage(ctx, OscarModel(tiny_patch_config()))
-    stage.setup()
     vae = stage.model.vae
     x = image_to_tensor(make_image(64, 64, seed=11))
     with torch.no_grad():
