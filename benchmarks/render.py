@@ -196,7 +196,7 @@ def targets_table(docs: dict[str, dict | None], others: dict[str, dict[str, dict
         ratio = steps_ratio(other)
         if ratio is not None:
             # Other machines' rows are kept across model changes: say which model they timed.
-            theirs = (other or {}).get("model", {}).get("fingerprint")
+            theirs = other.get("model", {}).get("fingerprint")
             model = "same model" if theirs == own_model else f"model {theirs}"
             label = f"(another machine, `{name}`) the same ratio, 768×512, {model}"
             rows.append([label, "≥ 10×", f"{ratio:.1f}×", _ok(ratio >= 10)])

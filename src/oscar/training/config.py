@@ -115,6 +115,7 @@ LOSS_PRESETS: dict[str, dict[str, Any]] = {
 
 
 LATENT_WEIGHTINGS = ("uniform", "energy")
+LATENT_SCALES = ("channel", "global")
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ class StageConfig:
     # vae with a PatchAutoencoder only: "channel" gives every latent channel unit variance;
     # "global" one factor for all, so the channels keep their pixel energy (and the latent its
     # unit variance overall); pair it with the model's latent_rescale: "global"
-    latent_scale: Literal["channel", "global"] = "channel"
+    latent_scale: str = "channel"  # one of LATENT_SCALES
     # decoder only: share of steps that decode the encoder's latents (the rest: codec latents)
     clean_latent_fraction: float = 0.5
     # decoder only: a new decoder architecture (oscar.config.VaeDecoderConfig) trained from the
@@ -273,9 +274,9 @@ class StageConfig:
             raise ConfigError(f"stage {self.kind}: distill is for the decoder stage only")
         if self.pca_init and self.kind != "vae":
             raise ConfigError(f"stage {self.kind}: pca_init is for the vae stage only")
-        if self.latent_scale not in ("channel", "global"):
+        if self.latent_scale not in LATENT_SCALES:
             raise ConfigError(
-                f"latent_scale must be 'channel' or 'global', got {self.latent_scale!r}"
+                f"latent_scale must be one of {', '.join(LATENT_SCALES)}, got {self.latent_scale!r}"
             )
         if self.latent_scale != "channel" and self.kind != "vae":
             raise ConfigError(f"stage {self.kind}: latent_scale is for the vae stage only")

@@ -5,8 +5,8 @@ Losses: ``l1``·L1 + ``mse``·MSE + ``lowpass``·L1 of 8×8 block means + ``perc
 skips its term. At the end the latent scaling factor is set to 1/std of the posterior means over
 training crops, so scaled latents have unit variance (as SD's 0.18215 does); a PatchAutoencoder
 gets one factor per channel instead, or with ``latent_scale: global`` one factor for all its
-channels, so each keeps its share of the pixel energy. With ``pca_init`` a PatchAutoencoder starts at the block PCA
-of training crops (oscar.models.patch_autoencoder).
+channels, so each keeps its share of the pixel energy. With ``pca_init`` a PatchAutoencoder
+starts at the block PCA of training crops (oscar.models.patch_autoencoder).
 """
 
 from __future__ import annotations
